@@ -1,0 +1,1 @@
+"""Network tunnels: reach ports on a board from the test host."""

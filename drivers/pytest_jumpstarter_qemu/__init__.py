@@ -1,0 +1,1 @@
+"""QEMU boards: power, serial console and QMP for guests under qemu-system-*."""

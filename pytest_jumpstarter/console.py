@@ -1,0 +1,343 @@
+"""A pexpect-compatible console over any byte stream, and a shell helper that survives BusyBox.
+
+:class:`Console` is a real ``pexpect`` spawn (``expect``, ``expect_exact``, ``sendline``, ``before``,
+``after``, ``match``, ``pexpect.EOF``/``pexpect.TIMEOUT`` in pattern lists) that reads from a
+:class:`Transport`: a socket (QEMU's chardev), or a pyserial port (``socket://``, ``loop://``, a pty).
+
+What it adds to pexpect:
+
+- a timeout raises :class:`~pytest_jumpstarter.errors.ConsoleTimeout` carrying the last lines seen;
+- the end of the stream is diagnosed by the owner (``on_eof``): a dead QEMU is reported as dead,
+  with its exit status and stderr, not as a timeout;
+- fatal patterns (``Kernel panic - not syncing``) fail a wait at once instead of at its deadline;
+- everything read is teed into the device's :class:`~pytest_jumpstarter.driver.Transcript`;
+- no sleep after each read (pexpect's ``delayafterread``), so round trips cost what the link costs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import selectors
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pexpect
+from pexpect.spawnbase import SpawnBase
+
+from .errors import BoardPanic, ConsoleClosed, ConsoleTimeout, DriverError
+
+#: Patterns that mean a Linux board is gone for good; waiting longer cannot help.
+LINUX_FATAL_PATTERNS = (r"Kernel panic - not syncing[^\r\n]*",)
+
+
+class Transport(Protocol):
+    """A byte stream to a console."""
+
+    def read(self, size: int, timeout: float | None) -> bytes:
+        """Up to ``size`` bytes, as soon as any arrive; ``b""`` if none came in ``timeout``.
+
+        Raises :class:`EOFError` once the stream has ended.
+        """
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SocketTransport:
+    """A connected stream socket (a QEMU unix-socket or TCP chardev)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def read(self, size: int, timeout: float | None) -> bytes:
+        try:
+            data = self.sock.recv(size)
+        except BlockingIOError:
+            if not self._selector.select(timeout):
+                return b""
+            try:
+                data = self.sock.recv(size)
+            except BlockingIOError:
+                return b""
+        except OSError as exc:
+            raise EOFError(str(exc)) from exc
+        if not data:
+            raise EOFError("the other end closed the connection")
+        return data
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                selectors.DefaultSelector().select(1.0)
+                continue
+            except OSError as exc:
+                raise EOFError(str(exc)) from exc
+            view = view[sent:]
+
+    def close(self) -> None:
+        self._selector.close()
+        self.sock.close()
+
+
+class SerialTransport:
+    """A pyserial port: ``serial.serial_for_url("socket://...")``, ``loop://``, or a tty path."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+
+    def read(self, size: int, timeout: float | None) -> bytes:
+        import serial
+
+        try:
+            self.port.timeout = timeout
+            first: bytes = self.port.read(1)
+            if not first:
+                return b""
+            # The rest of what is already there, without waiting: timeout 0 makes pyserial non-blocking.
+            self.port.timeout = 0
+            rest: bytes = self.port.read(max(0, size - 1))
+        except (serial.SerialException, OSError) as exc:
+            raise EOFError(str(exc)) from exc
+        return first + rest
+
+    def write(self, data: bytes) -> None:
+        import serial
+
+        try:
+            self.port.write(data)
+        except (serial.SerialException, OSError) as exc:
+            raise EOFError(str(exc)) from exc
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class Console(SpawnBase):  # type: ignore[misc]
+    """A pexpect spawn over a :class:`Transport`, owned by a device.
+
+    ``on_eof`` is called when the stream ends; it returns the exception that explains why (for a
+    QEMU board: :class:`~pytest_jumpstarter.errors.DeviceExited` with stderr), or ``None``.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        device: str,
+        timeout: float = 30.0,
+        logfile_read: Any = None,
+        fatal_patterns: Sequence[str] = (),
+        on_eof: Callable[[], BaseException | None] | None = None,
+    ) -> None:
+        super().__init__(
+            timeout=timeout,
+            maxread=65536,
+            searchwindowsize=None,
+            encoding="utf-8",
+            codec_errors="replace",
+        )
+        self.delayafterread = None
+        self.transport = transport
+        self.device = device
+        self.logfile_read = logfile_read
+        self.on_eof = on_eof
+        self._fatal = [re.compile(p) for p in fatal_patterns]
+        self._tail = ""
+        self._closed = False
+        self.shell: LinuxShell | Any = LinuxShell(self)
+
+    # --- pexpect's spawn interface -------------------------------------------------------------
+
+    def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> str:
+        if timeout == -1:
+            timeout = self.timeout
+        if self._closed:
+            raise self._eof_error()
+        try:
+            data = self.transport.read(size, timeout)
+        except EOFError:
+            self.flag_eof = True
+            raise self._eof_error() from None
+        if not data:
+            raise pexpect.TIMEOUT("Timeout exceeded.")
+        text: str = self._decoder.decode(data, final=False)
+        self._log(text, "read")
+        self._tail = (self._tail + text)[-16384:]
+        if self._fatal:
+            # Scan the new text plus a little before it, so a pattern split across reads is seen.
+            window = self._tail[-(len(text) + 200) :]
+            for pattern in self._fatal:
+                if m := pattern.search(window):
+                    raise BoardPanic(self.device, m.group(0), self.tail())
+        return text
+
+    def send(self, s: str | bytes) -> int:
+        if self._closed:
+            raise self._eof_error()
+        data = s.encode("utf-8") if isinstance(s, str) else s
+        self._log(data.decode("utf-8", "replace"), "send")
+        try:
+            self.transport.write(data)
+        except EOFError:
+            self.flag_eof = True
+            raise self._eof_error() from None
+        return len(data)
+
+    def sendline(self, s: str | bytes = "") -> int:
+        return self.send(s) + self.send(self.linesep)
+
+    def expect_list(
+        self,
+        pattern_list: Any,
+        timeout: float | None = -1,
+        searchwindowsize: Any = -1,
+        async_: bool = False,
+        **kw: Any,
+    ) -> Any:
+        try:
+            return super().expect_list(pattern_list, timeout, searchwindowsize, async_, **kw)
+        except pexpect.EOF as exc:
+            # pexpect re-raises its own plain EOF; give the caller the owner's diagnosis instead.
+            if isinstance(exc, ConsoleClosed):
+                raise
+            raise self._eof_error() from None
+        except pexpect.TIMEOUT as exc:
+            if isinstance(exc, ConsoleTimeout):
+                raise
+            shown = [getattr(p, "pattern", p) for p in pattern_list]
+            raise self._timeout_error(shown, timeout) from None
+
+    def expect_exact(
+        self,
+        pattern_list: Any,
+        timeout: float | None = -1,
+        searchwindowsize: Any = -1,
+        async_: bool = False,
+        **kw: Any,
+    ) -> Any:
+        try:
+            return super().expect_exact(pattern_list, timeout, searchwindowsize, async_, **kw)
+        except pexpect.EOF as exc:
+            if isinstance(exc, ConsoleClosed):
+                raise
+            raise self._eof_error() from None
+        except pexpect.TIMEOUT as exc:
+            if isinstance(exc, ConsoleTimeout):
+                raise
+            raise self._timeout_error(pattern_list, timeout) from None
+
+    def isalive(self) -> bool:
+        return not self._closed and not self.flag_eof
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    # --- conveniences ---------------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float | None = None) -> RunResult:
+        """Run ``command`` through this console's shell helper (Linux by default)."""
+        result: RunResult = self.shell.run(command, timeout=timeout)
+        return result
+
+    def tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines the console showed, for error messages."""
+        text = _ANSI.sub("", self._tail).replace("\r\n", "\n").replace("\r", "\n")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def drain(self, quiet: float = 0.05, limit: float = 2.0) -> str:
+        """Read until the board has been quiet for ``quiet`` seconds (at most ``limit`` in all)."""
+        deadline = time.monotonic() + limit
+        got = []
+        while time.monotonic() < deadline:
+            try:
+                got.append(self.read_nonblocking(self.maxread, quiet))
+            except pexpect.TIMEOUT:
+                break
+        self.buffer = ""
+        return "".join(got)
+
+    def _timeout_error(self, patterns: Any, timeout: float | None) -> ConsoleTimeout:
+        if timeout == -1:
+            timeout = self.timeout
+        if isinstance(patterns, str | bytes) or not isinstance(patterns, list | tuple):
+            patterns = [patterns]
+        shown = " or ".join(repr(p) for p in patterns if p not in (pexpect.TIMEOUT, pexpect.EOF))
+        return ConsoleTimeout(self.device, shown or "output", timeout, self.tail())
+
+    def _eof_error(self) -> BaseException:
+        if self.on_eof is not None:
+            reason = self.on_eof()
+            if reason is not None:
+                return reason
+        return ConsoleClosed(self.device, f"console closed\nlast console lines:\n{self.tail()}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A shell command's output (``\\n`` line ends, no trailing newline) and exit status."""
+
+    command: str
+    output: str
+    status: int
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    def check(self) -> RunResult:
+        """Return self if the command succeeded, else raise with its output."""
+        if self.status != 0:
+            raise DriverError(
+                "console", f"command {self.command!r} exited with status {self.status}:\n{self.output}"
+            )
+        return self
+
+
+class LinuxShell:
+    """Runs commands on a Linux shell (BusyBox ash included) and finds their output by markers.
+
+    ash sends ``ESC[6n`` before each prompt and re-wraps long echoed command lines, so neither the
+    prompt nor the echo can be matched reliably.  The command is bracketed by ``printf`` calls whose
+    output contains a byte (0x1e) that the echo shows only as the four characters ``\\036``.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def run(self, command: str, timeout: float | None = None) -> RunResult:
+        console = self.console
+        token = f"{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
+        console.sendline(
+            f"printf '\\036B{token}\\036\\n'; {{ {command}\n}}; printf '\\036E{token}:%d\\036\\n' $?"
+        )
+        pattern = re.compile(f"\x1eB{token}\x1e\r?\n(.*?)\x1eE{token}:(-?\\d+)\x1e", re.DOTALL)
+        start = time.monotonic()
+        try:
+            console.expect(pattern, timeout=console.timeout if timeout is None else timeout)
+        except ConsoleTimeout as exc:
+            raise ConsoleTimeout(
+                console.device, f"the end of command {command!r}", exc.timeout, console.tail()
+            ) from None
+        match = console.match
+        output = _ANSI.sub("", match.group(1)).replace("\r\n", "\n").rstrip("\n")
+        return RunResult(command, output, int(match.group(2)), time.monotonic() - start)

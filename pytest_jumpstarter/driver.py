@@ -1,0 +1,166 @@
+"""The driver base class: what every device of a target is, whoever wrote its driver.
+
+A driver class declares its name (what ``driver:`` says in a target file), the role it serves by
+default (the fixture a test asks for, e.g. ``qemu_vm``), and its settings.  The plugin validates
+the settings, builds a :class:`DeviceContext` and calls :meth:`Driver.start` before the first test
+that needs the device and :meth:`Driver.stop` after the last one (per the device's scope).
+Drivers reach the world through their context, never through globals.
+
+Built-in and third-party drivers register the same way: by implementing the
+``pytest_jumpstarter_add_drivers`` hook (see :mod:`pytest_jumpstarter.hookspecs`).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TextIO
+
+from .errors import DeviceStateError
+from .settings import Setting
+
+
+class Transcript:
+    """Everything a device's console printed, teed to the running test's log file and kept for its report.
+
+    It has the ``write``/``flush`` of a text file so it can be a pexpect ``logfile_read``.  The plugin
+    calls :meth:`begin` before each test that uses the device and :meth:`end` after it; between tests
+    (e.g. while a session-scoped board boots) output goes to the device's own log file.
+    """
+
+    #: How much of one test's console output is kept in memory for its report; the log file has it all.
+    report_limit = 256 * 1024
+
+    def __init__(self, redact: Callable[[str], str] = lambda s: s) -> None:
+        self._redact = redact
+        self._lock = threading.Lock()
+        self._file: TextIO | None = None
+        self._buffer = io.StringIO()
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._file is not None:
+                self._file.write(self._redact(text))
+            self._buffer.write(text)
+            self._size += len(text)
+            if self._size > 2 * self.report_limit:
+                # Keep only the tail: the end of a transcript explains a failure, the start rarely does.
+                tail = self._buffer.getvalue()[-self.report_limit :]
+                self._buffer = io.StringIO()
+                self._buffer.write(tail)
+                self._size = len(tail)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+
+    def begin(self, log_path: Path | None) -> None:
+        """Start a new section (a test); its output also goes to ``log_path`` when given."""
+        with self._lock:
+            self._close_file()
+            self._buffer = io.StringIO()
+            self._size = 0
+            if log_path is not None:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+
+    def end(self) -> str:
+        """Close the section and return its (redacted, possibly tail-only) text."""
+        with self._lock:
+            self._close_file()
+            text = self._buffer.getvalue()
+            self._buffer = io.StringIO()
+            self._size = 0
+        return self._redact(text[-self.report_limit :])
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass
+class DeviceContext:
+    """What a driver instance gets from the plugin: its identity, its settings and its surroundings."""
+
+    #: The device's name in the target description.
+    name: str
+    #: The target's name (``qemu-x86_64``), used in messages and file names.
+    target: str
+    #: Validated, typed settings (paths resolved, defaults filled in).
+    settings: Mapping[str, Any]
+    #: The file the device was described in, for messages.
+    source: str = "<memory>"
+    #: Devices this one refers to, keyed by the setting that names them (``{"board": <QemuBoard>}``).
+    refs: Mapping[str, Driver] = field(default_factory=dict)
+    #: A private folder that exists while the device lives and is removed after it.
+    workdir: Path = field(default_factory=lambda: Path("."))
+    #: Where this device's console output goes (per test, see :class:`Transcript`).
+    transcript: Transcript = field(default_factory=Transcript)
+    #: Removes secret values from text before it is shown or stored.
+    redact: Callable[[str], str] = lambda s: s
+    #: Shows a progress line to the user (the terminal reporter, rate limited by the plugin).
+    progress: Callable[[str], None] = lambda s: None
+    #: Free-form values the plugin or other plugins attach (e.g. the xdist worker id).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Driver:
+    """Base of every device driver.  Subclasses set ``name``, ``role`` and ``settings``."""
+
+    #: What ``driver:`` says in a target file to pick this class.
+    name: ClassVar[str] = ""
+    #: The role (fixture name) this device serves unless the target file says ``role:``.
+    role: ClassVar[str | None] = None
+    #: The settings this driver accepts, validated before any test runs.
+    settings: ClassVar[Mapping[str, Setting]] = {}
+    #: Reset modes this driver can do itself (``reset: snapshot`` needs "snapshot" here).
+    reset_modes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+        self.started = False
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+        """Cross-setting validation after each value passed its own check.
+
+        Yield ``(key, message)`` for each problem; the loader adds the file and line.
+        """
+        return ()
+
+    @property
+    def device_name(self) -> str:
+        return self.ctx.name
+
+    def start(self) -> None:
+        """Bring the device up.  Raise a :class:`~pytest_jumpstarter.errors.DriverError` if it cannot."""
+        self.started = True
+
+    def stop(self) -> None:
+        """Take the device down and free everything it holds.  Must be idempotent and bounded in time."""
+        self.started = False
+
+    def reset(self, mode: str) -> str | None:
+        """Return the device to a pristine state between tests, if it can.
+
+        Returns ``None`` when it did, or a reason why it could not: the plugin then falls back to
+        ``stop()`` + ``start()`` and says so in the report.
+        """
+        return f"driver {self.name!r} cannot reset with {mode!r}"
+
+    def require_started(self, what: str) -> None:
+        if not self.started:
+            raise DeviceStateError(
+                self.device_name, f"{what} needs a started device; it is stopped (call start() first)"
+            )
+
+    def __repr__(self) -> str:
+        state = "started" if self.started else "stopped"
+        return f"<{type(self).__name__} {self.ctx.target}/{self.device_name} {state}>"

@@ -1,0 +1,131 @@
+"""The exception hierarchy: one root, with subclasses that say what went wrong.
+
+Every message names the thing at fault (file and key, device, chunk or port), what was expected
+and what was found, and where it helps, what to do next.  Root causes are chained with ``from``;
+``BaseException`` subclasses such as ``KeyboardInterrupt`` are never wrapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pexpect
+
+
+class JumpstarterError(Exception):
+    """Root of every error raised by pytest-jumpstarter and its drivers."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a target description, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        key = f" {self.key}:" if self.key else ""
+        return f"{where}:{key} {self.message}"
+
+
+class TargetError(JumpstarterError):
+    """A target description is malformed; carries every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} in target description"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class DriverError(JumpstarterError):
+    """A device failed to do what was asked of it.  ``device`` names it as the target file does."""
+
+    def __init__(self, device: str, message: str) -> None:
+        self.device = device
+        super().__init__(f"device {device!r}: {message}")
+
+
+class DeviceStateError(DriverError):
+    """A device was used in a state that does not allow it (e.g. console of a powered-off board)."""
+
+
+class DeviceExited(DriverError):
+    """The process behind a device (e.g. QEMU) exited while it was still needed."""
+
+    def __init__(
+        self,
+        device: str,
+        *,
+        returncode: int | None,
+        command: Sequence[str] = (),
+        stderr_tail: str = "",
+        console_tail: str = "",
+        context: str = "",
+    ) -> None:
+        self.returncode = returncode
+        self.command = list(command)
+        self.stderr_tail = stderr_tail
+        self.console_tail = console_tail
+        if returncode is None:
+            how = "exited"
+        elif returncode < 0:
+            how = f"exited, killed by signal {-returncode}"
+        else:
+            how = f"exited with code {returncode}"
+        parts = [f"process {how}" + (f" {context}" if context else "")]
+        if self.command:
+            parts.append("command: " + " ".join(self.command))
+        if stderr_tail.strip():
+            parts.append("last stderr lines:\n" + _indent(stderr_tail))
+        if console_tail.strip():
+            parts.append("last console lines:\n" + _indent(console_tail))
+        super().__init__(device, "\n".join(parts))
+
+
+class ConsoleTimeout(DriverError, pexpect.TIMEOUT):  # type: ignore[misc]
+    """A console wait passed its deadline.  Still a ``pexpect.TIMEOUT`` for pexpect-style callers."""
+
+    def __init__(self, device: str, waiting_for: str, timeout: float | None, console_tail: str) -> None:
+        self.waiting_for = waiting_for
+        self.timeout = timeout
+        self.console_tail = console_tail
+        DriverError.__init__(
+            self,
+            device,
+            f"timed out after {timeout}s waiting for {waiting_for}\n"
+            f"last console lines:\n{_indent(console_tail)}",
+        )
+
+
+class ConsoleClosed(DriverError, pexpect.EOF):  # type: ignore[misc]
+    """The console stream ended.  Still a ``pexpect.EOF`` for pexpect-style callers."""
+
+
+class BoardPanic(DriverError):
+    """The board printed a fatal pattern (a kernel panic, say) on its console."""
+
+    def __init__(self, device: str, pattern: str, console_tail: str) -> None:
+        self.pattern = pattern
+        self.console_tail = console_tail
+        super().__init__(device, f"console showed {pattern!r}\nlast console lines:\n{_indent(console_tail)}")
+
+
+class FlashError(DriverError):
+    """A flash or its verification failed; the message names the method and the chunk or offset."""
+
+
+class TunnelError(DriverError):
+    """A network forward could not be made or used; the message names the board and the port."""
+
+
+class LockTimeout(JumpstarterError):
+    """An exclusive device stayed locked by someone else for longer than we were willing to wait."""
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip("\n").splitlines()) or prefix + "(nothing)"

@@ -1,0 +1,1 @@
+"""The pytest plugin (placeholder until the plugin core lands)."""
