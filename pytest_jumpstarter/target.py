@@ -265,10 +265,10 @@ def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
         problems.add((), f"duplicate {what}; each may appear once", line=exc.lineno)
         return None
     except configparser.ParsingError as exc:
-        for lineno, line in exc.errors:
-            problems.add(
-                (), f"ini syntax error: expected 'key = value' or a [section], found {line.strip()!r}", lineno
-            )
+        source = text.splitlines()
+        for lineno, _ in exc.errors:
+            found = source[lineno - 1].strip() if 0 < lineno <= len(source) else "?"
+            problems.add((), f"ini syntax error: expected 'key = value' or a [section], found {found!r}", lineno)
         return None
     except configparser.Error as exc:
         problems.add((), f"ini syntax error: {exc}")
