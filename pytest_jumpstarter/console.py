@@ -68,6 +68,8 @@ class SocketTransport:
                 data = self.sock.recv(size)
             except BlockingIOError:
                 return b""
+            except OSError as exc:  # e.g. ECONNRESET from a QEMU that was killed
+                raise EOFError(str(exc)) from exc
         except OSError as exc:
             raise EOFError(str(exc)) from exc
         if not data:

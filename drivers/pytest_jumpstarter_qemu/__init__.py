@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from .board import QemuBoard
+from .images import demo_images
 
-__all__ = ["QemuBoard"]
+__all__ = ["QemuBoard", "demo_images"]
 
 
 @pytest.hookimpl
