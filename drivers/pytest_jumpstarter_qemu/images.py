@@ -65,7 +65,8 @@ def require_images(*names: str) -> Images:
         listed = ", ".join(str(p) for p in missing)
         if images_required():
             pytest.fail(
-                f"demo images missing: {listed} (JUMPSTARTER_REQUIRE_IMAGES=1 makes this a failure; {BUILD_HINT})",
+                f"demo images missing: {listed}"
+                f" (JUMPSTARTER_REQUIRE_IMAGES=1 makes this a failure; {BUILD_HINT})",
                 pytrace=False,
             )
         pytest.skip(f"demo images missing: {listed} ({BUILD_HINT})")
