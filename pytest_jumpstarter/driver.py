@@ -109,6 +109,9 @@ class DeviceContext:
     progress: Callable[[str], None] = lambda s: None
     #: Free-form values the plugin or other plugins attach (e.g. the xdist worker id).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: How the plugin will make this device pristine between tests (``none``, ``reboot``, ``snapshot``):
+    #: a driver that needs to prepare for it at start() (e.g. save a snapshot once booted) reads it here.
+    reset: str = "none"
 
 
 class Driver:

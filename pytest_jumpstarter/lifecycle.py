@@ -10,6 +10,7 @@ resort, when the run ends, whether it ended normally, by a failure, Ctrl-C or SI
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .driver import DeviceContext, Driver, Transcript
+from .locking import DeviceLease, Holder
 from .target import DeviceSpec, Redactor, TargetDescription
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ class LiveDevice:
     seq: int
     uses: int = 0
     last_item: pytest.Item | None = None
+    #: The cross-process lease of an ``exclusive`` device, held from before start() to after stop().
+    lease: DeviceLease | None = None
 
     @property
     def transcript(self) -> Transcript:
@@ -67,6 +71,9 @@ class DeviceManager:
         redact: Redactor,
         logdir: Callable[[], Path],
         extra: Mapping[str, Any] | None = None,
+        lock_dir: Path | None = None,
+        lock_timeout: float | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.hook = hook
@@ -78,6 +85,12 @@ class DeviceManager:
         self.active: str | None = None
         self._seq = 0
         self._root: Path | None = None
+        #: Where exclusive devices' leases live (None: DeviceLease's default), and how long to wait
+        #: for one (None: each device's lock_timeout).
+        self.lock_dir = lock_dir
+        self.lock_timeout = lock_timeout
+        #: Shows a line to the user at once (the terminal reporter), e.g. who holds a device we wait for.
+        self.notify = notify or (lambda text: log.warning("%s", text))
 
     # --- scopes --------------------------------------------------------------------------------
 
@@ -151,8 +164,15 @@ class DeviceManager:
         self, target: TargetDescription, spec: DeviceSpec, item: pytest.Item | None, used: ItemDevices | None
     ) -> LiveDevice:
         __tracebackhide__ = True
-        root = self._workroot()
-        workdir = Path(tempfile.mkdtemp(prefix=f"{_safe(target.name)}-{_safe(spec.name)}-", dir=root))
+        # An exclusive device is taken before anything of it starts, and given back in _stop().
+        lease = self._take_lease(target, spec, item) if spec.exclusive else None
+        try:
+            root = self._workroot()
+            workdir = Path(tempfile.mkdtemp(prefix=f"{_safe(target.name)}-{_safe(spec.name)}-", dir=root))
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
         ctx = DeviceContext(
             name=spec.name,
             target=target.name,
@@ -164,14 +184,18 @@ class DeviceManager:
             redact=self.redact,
             progress=self._progress(spec.name),
             extra=dict(self._extra),
+            # A test-scoped device boots fresh for each test: nothing to prepare a reset for.
+            reset=spec.reset if spec.scope != "test" else "none",
         )
         try:
             driver = spec.driver(ctx)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
+            if lease is not None:
+                lease.release()
             raise
         self._seq += 1
-        device = LiveDevice(target, spec, driver, workdir, self._seq)
+        device = LiveDevice(target, spec, driver, workdir, self._seq, lease=lease)
         # Registered before start() so that an interrupted or failed start is still stopped.
         self.live[(target.name, spec.name)] = device
         if used is not None:
@@ -183,6 +207,28 @@ class DeviceManager:
             raise
         self.hook.pytest_jumpstarter_device_ready(device=driver, item=item)
         return device
+
+    def _take_lease(
+        self, target: TargetDescription, spec: DeviceSpec, item: pytest.Item | None
+    ) -> DeviceLease:
+        """Wait for and take the lease of an exclusive device (LockTimeout after its lock timeout)."""
+        __tracebackhide__ = True
+        key = spec.lock or f"{target.name}/{spec.name}"
+        owner = f"pytest pid {os.getpid()}" + (f" ({item.nodeid})" if item is not None else "")
+        worker = self._extra.get("worker")
+        if worker:
+            owner += f" [xdist {worker}]"
+        timeout = self.lock_timeout if self.lock_timeout is not None else spec.lock_timeout
+        lease = DeviceLease(key, lock_dir=self.lock_dir, owner=owner)
+
+        def waiting(holder: Holder) -> None:
+            self.notify(
+                f"waiting for exclusive device {key!r}, held by {_holder_text(holder)}"
+                f" (giving up after {timeout:g}s)"
+            )
+
+        lease.acquire(timeout, waiting)
+        return lease
 
     def _progress(self, name: str) -> Callable[[str], None]:
         def progress(text: str) -> None:
@@ -244,6 +290,8 @@ class DeviceManager:
             finally:
                 del self.live[(device.target.name, device.spec.name)]
                 shutil.rmtree(device.workdir, ignore_errors=True)
+                if device.lease is not None:
+                    device.lease.release()
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -274,12 +322,26 @@ class DeviceManager:
                 log_path = used.log_dir / f"{_safe(device.spec.name)}.log" if used.log_dir else None
                 device.transcript.begin(log_path)
             elif self._is_live(device):
-                # Between tests a kept device's output goes to its own log file.
+                # Between tests a kept device's output goes to its own log file (one per xdist worker).
+                worker = self._extra.get("worker")
+                prefix = f"{_safe(worker)}-" if worker else ""
                 device.transcript.begin(
-                    self.logdir() / "devices" / f"{_safe(device.target.name)}-{_safe(device.spec.name)}.log"
+                    self.logdir()
+                    / "devices"
+                    / f"{prefix}{_safe(device.target.name)}-{_safe(device.spec.name)}.log"
                 )
             if text:
                 yield device.spec.name, text
+
+
+def _holder_text(holder: Holder) -> str:
+    """Who holds a lease, for a waiting user: ``pytest pid 123 (tests/t.py::t) since 12:01:02``."""
+    import time
+
+    text = f"{holder.owner} since {time.strftime('%H:%M:%S', time.localtime(holder.acquired))}"
+    if str(holder.pid) not in holder.owner:
+        text += f" (pid {holder.pid})"
+    return text
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")

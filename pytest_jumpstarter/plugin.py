@@ -7,6 +7,7 @@ ask for them.  Everything a run knows lives in ``config.stash[RUN]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -81,6 +82,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         default=None,
         help="where per-test console logs go (DIR/<test id>/<device>.log); default: under pytest's basetemp",
+    )
+    group.addoption(
+        "--jumpstarter-lock-dir",
+        dest="jumpstarter_lock_dir",
+        metavar="DIR",
+        default=None,
+        help="where leases of exclusive devices live, shared by every run that may use them "
+        "(default: $JUMPSTARTER_LOCK_DIR, else /tmp/pytest-jumpstarter-locks)",
+    )
+    group.addoption(
+        "--jumpstarter-lock-timeout",
+        dest="jumpstarter_lock_timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="how long to wait for an exclusive device another run holds before the test errors "
+        "(default: the device's lock_timeout, else 300)",
     )
     parser.addini(
         INI_TARGETS, "target description files (relative to the ini file)", type="linelist", default=[]
@@ -400,10 +418,33 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             return factory.getbasetemp() / "jumpstarter-logs"
 
         worker = getattr(config, "workerinput", {}).get("workerid")
+        lock_dir = config.option.jumpstarter_lock_dir or os.environ.get("JUMPSTARTER_LOCK_DIR")
         run.manager = DeviceManager(
-            run.targets, config.hook, run.redact, make_logdir, extra={"worker": worker} if worker else None
+            run.targets,
+            config.hook,
+            run.redact,
+            make_logdir,
+            extra={"worker": worker} if worker else None,
+            lock_dir=Path(lock_dir).resolve() if lock_dir else None,
+            lock_timeout=config.option.jumpstarter_lock_timeout,
+            notify=lambda text: _tell(config, text),
         )
     return run.manager
+
+
+def _tell(config: pytest.Config, text: str) -> None:
+    """Show a line on the terminal now, even from inside a test's setup (output capture is paused)."""
+    import sys
+
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        if reporter is None or hasattr(config, "workerinput"):
+            # An xdist worker's terminal output is not shown; its stderr is.
+            sys.stderr.write(f"jumpstarter: {text}\n")
+            sys.stderr.flush()
+        else:
+            reporter.write_line(f"jumpstarter: {text}", yellow=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,7 +30,11 @@ GENERIC_KEYS: Mapping[str, Setting] = {
     "scope": Setting("str", default="test", choices=SCOPES),
     "reset": Setting("str", default="none", choices=RESET_MODES),
     "exclusive": Setting("bool", default=False),
+    "lock": Setting("str", default=None, doc="lease name of an exclusive device (default: <target>/<device>)"),
+    "lock_timeout": Setting("duration", default=None, doc="how long to wait for an exclusive device"),
 }
+#: How long a run waits for an exclusive device held by another run, unless told otherwise.
+DEFAULT_LOCK_TIMEOUT = 300.0
 TOP_KEYS = ("name", "labels", "secrets", "devices")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 _VAR = re.compile(r"\$(\$|\{([^}]*)\}|\{)")
@@ -53,6 +57,10 @@ class DeviceSpec:
     #: Devices this one refers to, by the setting that names them (``{"board": "qemu_vm"}``).
     refs: Mapping[str, str]
     line: int | None = None
+    #: The lease name of an exclusive device (``lock:``), shared by every target file naming it.
+    lock: str | None = None
+    #: How long to wait for an exclusive device held by another run, in seconds.
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -529,6 +537,8 @@ def _validate(
             settings=spec["settings"],
             refs=spec["refs"],
             line=doc.lines.get(("devices", device)),
+            lock=spec["lock"],
+            lock_timeout=DEFAULT_LOCK_TIMEOUT if spec["lock_timeout"] is None else spec["lock_timeout"],
         )
         for device, spec in partial.items()
     }
@@ -570,6 +580,13 @@ def _validate_device(
             generic[key] = coerce(setting, body[key], base_dir)
         except SettingValueError as exc:
             problems.add((*where, key), str(exc))
+    for key in ("lock", "lock_timeout"):
+        if generic.get(key) is not None and generic.get("exclusive") is False:
+            problems.add(
+                (*where, key),
+                f"{key} applies to exclusive devices only, and this one is not: add exclusive: true"
+                " (or remove it)",
+            )
     driver_name = generic.get("driver")
     if driver_name is None:
         return None

@@ -36,7 +36,13 @@ from pytest_jumpstarter.console import (
     UBootShell,
 )
 from pytest_jumpstarter.driver import DeviceContext, Driver
-from pytest_jumpstarter.errors import DeviceExited, DeviceStateError, DriverError, TunnelError
+from pytest_jumpstarter.errors import (
+    ConsoleTimeout,
+    DeviceExited,
+    DeviceStateError,
+    DriverError,
+    TunnelError,
+)
 from pytest_jumpstarter.settings import Setting, SettingValueError, _coerce_kind
 
 from .qmp import Events, Qmp
@@ -54,6 +60,9 @@ _ARCH_DEFAULTS: dict[str, dict[str, str]] = {
 }
 
 _DISK_FORMATS = ("raw", "qcow2")
+#: The internal snapshot ``reset: snapshot`` restores, and the drive that holds the RAM and device state.
+SNAPSHOT_TAG = "jumpstarter-pristine"
+_STATE_DRIVE = "jumpstarter-state"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -80,7 +89,7 @@ class QemuBoard(Driver):
 
     name = "qemu"
     role = "qemu_vm"
-    reset_modes = ("reboot",)
+    reset_modes = ("reboot", "snapshot")
     settings: ClassVar[Mapping[str, Setting]] = {
         "arch": Setting("str", "x86_64", "QEMU binary qemu-system-<arch>: x86_64, aarch64, arm, riscv64..."),
         "binary": Setting("str", None, "the QEMU executable, if not qemu-system-<arch> on PATH"),
@@ -170,6 +179,11 @@ class QemuBoard(Driver):
         self.events: Events = Events()
         self.boots = 0
         self._accel_resolved: str | None = None
+        # reset: snapshot -- a qcow2 state drive, the booted state saved in it, or why it could not be.
+        self._snapshot_wanted = ctx.reset == "snapshot"
+        self._state_drive: Path | None = None
+        self._snapshot: str | None = None
+        self._snapshot_error: str | None = None
 
     def _setting(self, key: str) -> Any:
         """A setting's value: what the target file says, or the declared default."""
@@ -180,6 +194,8 @@ class QemuBoard(Driver):
     def start(self) -> None:
         self.ctx.workdir.mkdir(parents=True, exist_ok=True)
         self._prepare_disks()
+        if self._snapshot_wanted:
+            self._prepare_state_drive()
         if self._network is not None and self._network.get("tftp"):
             self._tftp_root = self.ctx.workdir / "tftp"
             self._tftp_root.mkdir(exist_ok=True)
@@ -200,6 +216,10 @@ class QemuBoard(Driver):
                 if disk.path is not None and disk.path.parent == self.ctx.workdir:
                     disk.path.unlink(missing_ok=True)
                 disk.path = None
+            if self._state_drive is not None:
+                self._state_drive.unlink(missing_ok=True)
+                self._state_drive = None
+            self._snapshot = None
             if self._tftp_root is not None:
                 shutil.rmtree(self._tftp_root, ignore_errors=True)
                 self._tftp_root = None
@@ -211,10 +231,13 @@ class QemuBoard(Driver):
     def reset(self, mode: str | None = None) -> str | None:
         """Power: reset the board (QMP ``system_reset``) and wait until ready again.
 
-        Also the plugin's between-tests reset: ``reset: reboot`` does the same; other modes are refused.
+        Also the plugin's between-tests reset: ``reset: reboot`` does the same; ``reset: snapshot``
+        restores the state saved right after the first boot (see :meth:`restore_snapshot`).
         """
-        if mode not in (None, "reboot"):
-            return f"driver 'qemu' cannot reset with {mode!r} (it can: reboot)"
+        if mode not in (None, *self.reset_modes):
+            return f"driver 'qemu' cannot reset with {mode!r} (it can: {', '.join(self.reset_modes)})"
+        if mode == "snapshot" and self.is_running:
+            return self.restore_snapshot()
         if not self.is_running:
             if self._proc is not None:
                 self.off()  # reap the dead QEMU (its files and sockets) before a fresh one
@@ -245,6 +268,8 @@ class QemuBoard(Driver):
         self._launch(accel)
         try:
             self._wait_ready("while booting")
+            if self._snapshot_wanted:
+                self._save_snapshot()
         except BaseException:
             self.off()
             raise
@@ -378,6 +403,106 @@ class QemuBoard(Driver):
                 )
             disk.path, disk.format = overlay, "qcow2"
 
+    # --- snapshots (reset: snapshot) ------------------------------------------------------------
+
+    @property
+    def snapshot_error(self) -> str | None:
+        """Why the booted state could not be saved (so ``reset: snapshot`` cold boots), else None."""
+        return self._snapshot_error
+
+    def _prepare_state_drive(self) -> None:
+        path = self.ctx.workdir / "vmstate.qcow2"
+        # The virtual size hardly matters: internal snapshots store the VM state beyond it.
+        result = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1M"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise DriverError(
+                self.device_name,
+                f"reset: snapshot needs a qcow2 state drive; qemu-img could not create {path}:"
+                f" {result.stderr.strip()}",
+            )
+        self._state_drive = path
+
+    def _save_snapshot(self) -> None:
+        """Save the booted state (RAM, devices, every disk) as an internal snapshot, right after ready.
+
+        A board that cannot be saved still runs: each ``reset: snapshot`` then returns the reason,
+        and the plugin cold boots instead and says why in the report.
+        """
+        self._snapshot = None
+        if self._state_drive is None:
+            self._snapshot_error = "the board was started without its snapshot state drive"
+            return
+        # Save a shell idle at its prompt with nothing left unread: each test starts from exactly there.
+        self._sync_console(float(self._setting("console_timeout")))
+        self.console.drain(quiet=0.05, limit=1.0)
+        started = time.monotonic()
+        out = self.hmp(f"savevm {SNAPSHOT_TAG}", timeout=float(self._setting("boot_timeout"))).strip()
+        if out:
+            self._snapshot_error = (
+                f"savevm failed: {_hmp_error(out)} (every writable disk must be qcow2 for snapshots;"
+                " give raw disks as qcow2, or use reset: reboot)"
+            )
+            self.ctx.progress(f"{self.device_name}: {self._snapshot_error}")
+            return
+        self._snapshot, self._snapshot_error = SNAPSHOT_TAG, None
+        self.ctx.progress(f"{self.device_name}: booted state saved in {time.monotonic() - started:.2f}s")
+
+    def restore_snapshot(self) -> str | None:
+        """Bring the running board back to the state saved after boot (HMP ``loadvm``, in place).
+
+        The console socket stays connected; what the old state printed is dropped and a marker
+        command proves the shell answers.  Returns ``None`` when restored, else why not (the caller
+        then needs a cold boot).
+        """
+        if self._snapshot is None:
+            return self._snapshot_error or "no booted state was saved (reset: snapshot was not set at start)"
+        out = self.hmp(f"loadvm {self._snapshot}", timeout=float(self._setting("boot_timeout"))).strip()
+        if out:
+            # A failed loadvm leaves the VM stopped, in no known state.
+            return f"loadvm failed: {_hmp_error(out)}"
+        self.console.drain(quiet=0.0, limit=0.5)
+        try:
+            self._sync_console(min(10.0, float(self._setting("console_timeout"))))
+        except ConsoleTimeout as exc:
+            return f"the console did not answer after loadvm: {str(exc).splitlines()[0]}"
+        return None
+
+    def _sync_console(self, timeout: float) -> None:
+        """Prove the shell answers, and leave the console just past its next prompt (as after boot)."""
+        if self.shell_kind == "uboot":
+            self.uboot.sync(timeout)
+            return
+        result = LinuxShell(self.console).run("true", timeout=timeout)
+        if result.status != 0:
+            raise DriverError(self.device_name, f"the shell answered 'true' with status {result.status}")
+        if not self._setting("ready"):
+            self.console.expect(self.ready_pattern, timeout=timeout)
+
+    # --- memory ----------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The QEMU process id while it runs."""
+        return self._proc.pid if self.is_running and self._proc is not None else None
+
+    def rss(self, peak: bool = False) -> int | None:
+        """QEMU's resident memory in bytes (``VmRSS``, or its peak ``VmHWM``); None while off."""
+        pid = self.pid
+        if pid is None:
+            return None
+        field = "VmHWM:" if peak else "VmRSS:"
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith(field):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
     # --- networking ------------------------------------------------------------------------------
 
     @property
@@ -489,6 +614,10 @@ class QemuBoard(Driver):
                 netdev += f",hostfwd=tcp:127.0.0.1:0-:{port}"
             model = self._network.get("model") or f"virtio-net-{bus}"
             cmd += ["-netdev", netdev, "-device", f"{model},netdev=net0"]
+        if self._state_drive is not None:
+            # First of the drives: savevm puts the RAM and device state into the first drive that
+            # can hold snapshots.  Not attached to the guest, so it never sees it.
+            cmd += ["-drive", f"if=none,id={_STATE_DRIVE},format=qcow2,file={self._state_drive}"]
         for disk in self._disks.values():
             if disk.path is None:
                 raise DeviceStateError(
@@ -750,6 +879,12 @@ def _parse_disks(value: Any, base_dir: Path) -> dict[str, _Disk]:
         else:
             raise SettingValueError(f"disk {name!r}: give a file or a size")
     return disks
+
+
+def _hmp_error(out: str) -> str:
+    """An HMP error as one line: ``Error: Device 'x' is ...`` -> ``Device 'x' is ...``."""
+    text = " ".join(out.split())
+    return text[len("Error: ") :] if text.startswith("Error: ") else text
 
 
 def _is_size(value: Any) -> bool:
