@@ -436,7 +436,8 @@ class QemuBoard(Driver):
             self._snapshot_error = "the board was started without its snapshot state drive"
             return
         # Save a shell idle at its prompt with nothing left unread: each test starts from exactly there.
-        self._sync_console(float(self._setting("console_timeout")))
+        # Linux makes its boot id on first read: read it now, or each restore would make a new one.
+        self._sync_console(float(self._setting("console_timeout")), "cat /proc/sys/kernel/random/boot_id")
         self.console.drain(quiet=0.05, limit=1.0)
         started = time.monotonic()
         out = self.hmp(f"savevm {SNAPSHOT_TAG}", timeout=float(self._setting("boot_timeout"))).strip()
@@ -470,14 +471,14 @@ class QemuBoard(Driver):
             return f"the console did not answer after loadvm: {str(exc).splitlines()[0]}"
         return None
 
-    def _sync_console(self, timeout: float) -> None:
+    def _sync_console(self, timeout: float, command: str = "true") -> None:
         """Prove the shell answers, and leave the console just past its next prompt (as after boot)."""
         if self.shell_kind == "uboot":
             self.uboot.sync(timeout)
             return
-        result = LinuxShell(self.console).run("true", timeout=timeout)
+        result = LinuxShell(self.console).run(f"{command} >/dev/null 2>&1; true", timeout=timeout)
         if result.status != 0:
-            raise DriverError(self.device_name, f"the shell answered 'true' with status {result.status}")
+            raise DriverError(self.device_name, f"the shell answered {command!r} with status {result.status}")
         if not self._setting("ready"):
             self.console.expect(self.ready_pattern, timeout=timeout)
 
