@@ -273,6 +273,9 @@ class Console(SpawnBase):  # type: ignore[misc]
             except pexpect.TIMEOUT:
                 break
         self.buffer = ""
+        # pexpect's next expect() searches all it read since the last match (``_before``), not only
+        # ``buffer``: without this a drained prompt would still match.
+        self._before = self.buffer_type()
         return "".join(got)
 
     def _timeout_error(self, patterns: Any, timeout: float | None) -> ConsoleTimeout:

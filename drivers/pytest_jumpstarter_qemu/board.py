@@ -118,6 +118,9 @@ class QemuBoard(Driver):
         "accel": Setting(
             "str", "tcg", "tcg (default), kvm, or auto (kvm only if a probe boots)", ("tcg", "kvm", "auto")
         ),
+        "tb_size": Setting(
+            "size", 32 * 1024 * 1024, "TCG translation cache (QEMU's default, 1G, grows RSS with each reboot)"
+        ),
         "shell": Setting("str", "linux", "what runs on the console: linux or uboot", ("linux", "uboot")),
         "ready": Setting(
             "str", None, "regex that means booted (default: a shell prompt, or U-Boot's prompt)"
@@ -244,9 +247,13 @@ class QemuBoard(Driver):
             self.on()
             return None
         console = self.console
+        since = len(self.events)
         self.execute("system_reset")
-        # QEMU writes serial output to the socket as the guest makes it, so everything from before the
-        # reset (a late prompt, say) is readable now: drop it, or it would look like the board is ready.
+        # The reset happens in QEMU's main loop a little after the command returns, with the vCPU
+        # paused; its RESET event comes after the old guest's last serial bytes.  Only then is
+        # everything from before the reset (a late prompt, say) readable: drop it, or it would look
+        # like the board is ready.
+        self.wait_event("RESET", timeout=10.0, since=since)
         console.drain(quiet=0.0, limit=0.5)
         self._wait_ready("after system_reset")
         return None
@@ -590,7 +597,9 @@ class QemuBoard(Driver):
                "-name", f"{self.ctx.target}/{self.device_name}"]  # fmt: skip
         if machine:
             cmd += ["-machine", machine]
-        cmd += ["-accel", accel]
+        tb_size = int(s("tb_size")) // (1024 * 1024)
+        # TCG's translation cache defaults to 1 GiB and, unflushed, grows with every reboot.
+        cmd += ["-accel", f"tcg,tb-size={tb_size}" if accel == "tcg" and tb_size else accel]
         if cpu:
             cmd += ["-cpu", cpu]
         cmd += ["-smp", str(s("smp")), "-m", f"{memory_mib}M"]
