@@ -8,6 +8,8 @@ board (TCG), with a session-scoped board:
 1. ``reset: snapshot``, ``-n 0``  (the board is restored with loadvm before each test)
 2. ``reset: reboot``,   ``-n 0``  (QMP system_reset + wait for the prompt before each test)
 3. ``reset: snapshot``, ``-n 2``  (two workers, two boards)
+4. ``reset: none``,     ``-n 0``  (no reset: what the test and pytest cost without one;
+   each test then finds the earlier test's file, so this case does not check it)
 
 "Per test" is the steady-state interval between consecutive test bodies on one board: reset,
 plugin bookkeeping and the test itself; the first boot and pytest's start-up are not in it (they
@@ -58,7 +60,7 @@ RECORDS = "@RECORDS@"
 def test_needs_a_pristine_board(qemu_vm, n):
     begun = time.monotonic()
     run = qemu_vm.console.run
-    assert run("test -e /root/left-behind").status == 1, "a file from an earlier test survived"
+    assert run("test -e /root/left-behind").status == @LEFT@, "a file from an earlier test survived"
     run("touch /root/left-behind").check()
     with open(RECORDS, "a") as f:
         f.write(json.dumps({"n": n, "t": begun, "worker": os.environ.get("PYTEST_XDIST_WORKER", "-")}) + "\n")
@@ -73,7 +75,10 @@ def run_case(folder: Path, reset: str, workers: int, count: int, images: Images)
         BOARD.format(reset=reset, kernel=images.linux_kernel, initrd=images.linux_initrd)
     )
     (case / "test_bench.py").write_text(
-        TESTS.replace("@RECORDS@", str(records)).replace("@COUNT@", str(count))
+        TESTS.replace("@RECORDS@", str(records))
+        .replace("@COUNT@", str(count))
+        # Without a reset the file is there from the second test on.
+        .replace("@LEFT@", "(0 if n else 1)" if reset == "none" else "1")
     )
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=300",
                "--target=board.yaml", "-n", str(workers), "-p", "xdist"]  # fmt: skip
@@ -157,6 +162,7 @@ def main() -> None:
         snapshot = run_case(folder, "snapshot", 0, args.tests, images)
         reboot = run_case(folder, "reboot", 0, args.tests, images)
         parallel = run_case(folder, "snapshot", 2, args.tests, images)
+        baseline = run_case(folder, "none", 0, args.tests, images)
     profile = profile_restore(images)
 
     def row(name: str, r: dict[str, object]) -> str:
@@ -170,6 +176,7 @@ def main() -> None:
     print(row("reset: snapshot -n 0", snapshot))
     print(row("reset: reboot   -n 0", reboot))
     print(row("reset: snapshot -n 2", parallel))
+    print(row("reset: none     -n 0", baseline))
     ratio = float(snapshot["per_test"]) / float(reboot["per_test"])  # type: ignore[arg-type]
     print(f"snapshot / reboot per test: {ratio:.3f}x  (goal <= 0.1x)")
     print(f"snapshot per test: {snapshot['per_test']:.3f} s  (goal <= 0.5 s)")
@@ -180,8 +187,11 @@ def main() -> None:
         f" + console resync {profile['resync']:.3f} s = {profile['restore']:.3f} s;"
         f" reboot {profile['reboot']:.3f} s; first boot + savevm {profile['boot_and_save']:.2f} s"
     )
-    plugin = float(snapshot["per_test"]) - profile["restore"]  # type: ignore[arg-type]
-    print(f"rest of a test (its two commands + pytest and plugin per-test cost): {plugin:.3f} s")
+    reset_cost = float(snapshot["per_test"]) - float(baseline["per_test"])  # type: ignore[arg-type]
+    print(
+        f"a test without any reset (its two commands, pytest and the plugin): {baseline['per_test']:.3f} s;"
+        f" so a snapshot reset through the plugin adds {reset_cost:.3f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -627,7 +627,8 @@ class QemuBoard(Driver):
         if self._state_drive is not None:
             # First of the drives: savevm puts the RAM and device state into the first drive that
             # can hold snapshots.  Not attached to the guest, so it never sees it.
-            cmd += ["-drive", f"if=none,id={_STATE_DRIVE},format=qcow2,file={self._state_drive}"]
+            # cache=unsafe: a per-run scratch file needs no flushes (savevm ~3x faster).
+            cmd += ["-drive", f"if=none,id={_STATE_DRIVE},format=qcow2,cache=unsafe,file={self._state_drive}"]
         for disk in self._disks.values():
             if disk.path is None:
                 raise DeviceStateError(
