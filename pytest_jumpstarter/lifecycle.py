@@ -89,6 +89,9 @@ class DeviceManager:
         others = [d for d in self.live.values() if d.target.name != target]
         self._stop_many(others, item=None)
 
+    def has_module_devices(self) -> bool:
+        return any(d.spec.scope == "module" for d in self.live.values())
+
     def end_module(self) -> None:
         """A test module ended: stop the module-scoped devices."""
         self._stop_many([d for d in self.live.values() if d.spec.scope == "module"], item=None)

@@ -356,6 +356,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             _warn(config, f"stopping a device failed: {run.redact(str(exc))}")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    yield
+    run = item.config.stash.get(RUN, None)
+    if run is not None and run.manager is not None and run.manager.has_module_devices():
+        module = item.getparent(pytest.Module)
+        if nextitem is None or nextitem.getparent(pytest.Module) is not module:
+            # The last test of a module: its module-scoped devices have served their purpose.
+            run.manager.end_module()
+
+
 # --- reports: console transcripts, cold boots, secrets -----------------------------------------------
 
 
@@ -417,17 +428,9 @@ def _jumpstarter_target(request: pytest.FixtureRequest) -> TargetDescription | N
     return manager.targets[name]
 
 
-@pytest.fixture(scope="module")
-def _jumpstarter_module(request: pytest.FixtureRequest) -> Generator[None]:
-    yield
-    run = request.config.stash.get(RUN, None)
-    if run is not None and run.manager is not None:
-        run.manager.end_module()
-
-
 @pytest.fixture
 def target(
-    request: pytest.FixtureRequest, _jumpstarter_target: TargetDescription | None, _jumpstarter_module: None
+    request: pytest.FixtureRequest, _jumpstarter_target: TargetDescription | None
 ) -> Generator[Target]:
     """The target this test runs on; ``target.device(role)`` starts a device for the test."""
     if _jumpstarter_target is None:

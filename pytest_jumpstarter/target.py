@@ -268,7 +268,9 @@ def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
         source = text.splitlines()
         for lineno, _ in exc.errors:
             found = source[lineno - 1].strip() if 0 < lineno <= len(source) else "?"
-            problems.add((), f"ini syntax error: expected 'key = value' or a [section], found {found!r}", lineno)
+            problems.add(
+                (), f"ini syntax error: expected 'key = value' or a [section], found {found!r}", lineno
+            )
         return None
     except configparser.Error as exc:
         problems.add((), f"ini syntax error: {exc}")

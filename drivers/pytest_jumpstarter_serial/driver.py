@@ -76,7 +76,7 @@ class SerialConsole(Driver):
         last: Exception | None = None
         while True:
             try:
-                return serial.serial_for_url(self.url, baudrate=settings["baudrate"], timeout=0)
+                return _open_keeping_input(self.url, settings["baudrate"])
             except (serial.SerialException, OSError, ValueError) as exc:
                 last = exc
             if isinstance(last, ValueError) or time.monotonic() >= deadline:
@@ -107,3 +107,20 @@ class SerialConsole(Driver):
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.console, name)
+
+
+def _open_keeping_input(url: str, baudrate: int) -> Any:
+    """Open a pyserial port without discarding what already arrived.
+
+    pyserial's ``open()`` flushes the input buffer; on a console that drops a board's first words
+    (a banner, "Hit any key to stop autoboot") when they come while the port opens.
+    """
+    import serial
+
+    port = serial.serial_for_url(url, baudrate=baudrate, timeout=0, do_not_open=True)
+    port.reset_input_buffer = lambda: None
+    try:
+        port.open()
+    finally:
+        del port.reset_input_buffer
+    return port
