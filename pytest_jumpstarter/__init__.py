@@ -6,7 +6,7 @@ The public surface is re-exported here; everything else is private to the plugin
 from __future__ import annotations
 
 from .capabilities import FlashResult, HasConsole, Network, Power
-from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport
+from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
 from .driver import DeviceContext, Driver, Transcript
 from .errors import (
     BoardPanic,
@@ -57,6 +57,7 @@ __all__ = [
     "TargetError",
     "Transcript",
     "TunnelError",
+    "UBootShell",
     "device_fixture",
     "load_target",
     "load_targets",

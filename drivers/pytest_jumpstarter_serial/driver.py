@@ -76,7 +76,11 @@ class SerialConsole(Driver):
         last: Exception | None = None
         while True:
             try:
-                return _open_keeping_input(self.url, settings["baudrate"])
+                return _open_keeping_input(
+                    serial.serial_for_url(
+                        self.url, baudrate=settings["baudrate"], timeout=0, do_not_open=True
+                    )
+                )
             except (serial.SerialException, OSError, ValueError) as exc:
                 last = exc
             if isinstance(last, ValueError) or time.monotonic() >= deadline:
@@ -109,18 +113,17 @@ class SerialConsole(Driver):
         return getattr(self.console, name)
 
 
-def _open_keeping_input(url: str, baudrate: int) -> Any:
-    """Open a pyserial port without discarding what already arrived.
+def _open_keeping_input(port: Any) -> Any:
+    """Open a pyserial port without the input flush pyserial does in ``open()``.
 
-    pyserial's ``open()`` flushes the input buffer; on a console that drops a board's first words
-    (a banner, "Hit any key to stop autoboot") when they come while the port opens.
+    pyserial discards whatever arrived before ``open()`` returned; a board that prints its banner
+    the moment we connect (a socket:// console server, a bootloader) would lose its first bytes,
+    which a test may need to see ("Hit any key to stop autoboot").
     """
-    import serial
-
-    port = serial.serial_for_url(url, baudrate=baudrate, timeout=0, do_not_open=True)
+    flush = port.reset_input_buffer
     port.reset_input_buffer = lambda: None
     try:
         port.open()
     finally:
-        del port.reset_input_buffer
+        port.reset_input_buffer = flush
     return port
