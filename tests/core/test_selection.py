@@ -298,3 +298,53 @@ def test_ambiguous_role_skips_with_a_reason(rec_pytester: pytest.Pytester) -> No
     rec_pytester.makepyfile("def test_x(rec): pass\n")
     result = rec_pytester.runpytest("--target=t.yaml", "-rs")
     result.stdout.fnmatch_lines(["*role 'rec' is served by several devices (one, two)*"])
+
+
+def test_driver_packages_are_not_imported_without_a_target(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            loaded = sorted(m for m in sys.modules if m.startswith("pytest_jumpstarter_"))
+            print("driver packages loaded:", loaded or "none")
+        """
+    )
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-s")
+    result.stdout.fnmatch_lines(["*driver packages loaded: none"])
+    write(pytester, "t.yaml", "name: t\ndevices:\n  console: {driver: serial, url: 'loop://'}\n")
+    result = pytester.runpytest_subprocess("-s", "--target=t.yaml")
+    result.stdout.fnmatch_lines(["*driver packages loaded: [[]*'pytest_jumpstarter_serial'*"])
+
+
+def test_a_driver_package_from_the_entry_point_group_is_registered(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib import metadata
+
+    write(
+        pytester,
+        "acme_drivers.py",
+        "import pytest\nfrom pytest_jumpstarter import Driver\n"
+        "class Relay(Driver):\n    name = 'acme-relay'\n    role = 'power'\n"
+        "@pytest.hookimpl\ndef pytest_jumpstarter_add_drivers():\n    return [Relay]\n",
+    )
+    pytester.syspathinsert()
+    real = metadata.entry_points
+
+    def entry_points(**kw: str) -> object:
+        found = list(real(**kw))
+        if kw.get("group") == "pytest_jumpstarter.drivers":
+            found.append(metadata.EntryPoint("acme", "acme_drivers", "pytest_jumpstarter.drivers"))
+        return found
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    write(pytester, "t.yaml", "name: t\ndevices:\n  relay: {driver: acme-relay}\n")
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.device('power')\ndef test_x(target):\n    assert target.device('power').started\n"
+    )
+    pytester.runpytest("--target=t.yaml").assert_outcomes(passed=1)
+    blocked = pytester.runpytest("--target=t.yaml", "-p", "no:jumpstarter-drivers-acme")
+    assert blocked.ret == pytest.ExitCode.USAGE_ERROR
+    blocked.stderr.fnmatch_lines(["*unknown driver 'acme-relay'*"])

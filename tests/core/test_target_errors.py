@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the table keeps each expected message on one line, as the user sees it)
 """Malformed target descriptions: every problem at once, each with file:line, key, expected and found.
 
 Each case is a real inner pytest run: the answer must be a usage error (exit code 4), never an
