@@ -111,9 +111,9 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'pytest_jumpstarter' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    # Not cached here: the submodule in sys.modules stays the one source of truth, so classes agree
+    # (isinstance/issubclass) even where sys.modules is snapshot and restored, as pytester does.
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def __dir__() -> list[str]:

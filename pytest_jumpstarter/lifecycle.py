@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .driver import DeviceContext, Driver, Transcript
+from .errors import JumpstarterError
 from .target import DeviceSpec, Redactor, TargetDescription
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class ItemDevices:
 
 
 ITEM_DEVICES = pytest.StashKey[ItemDevices]()
+#: A device that failed to start or reset for a test, and what was being done: the report shows
+#: the driver's message instead of the plugin's frames.
+DEVICE_FAILURE = pytest.StashKey[tuple[BaseException, str]]()
 
 
 class DeviceManager:
@@ -129,21 +133,36 @@ class DeviceManager:
             device = self.live.get((target.name, current))
             if device is not None and device in used.devices:
                 continue
-            if device is None:
-                device = self._start(target, target.devices[current], item, used)
-            elif device.uses > 0 and device.spec.reset != "none":
-                self._begin(device, used)
-                try:
-                    self._reset(device, item)
-                except BaseException:
-                    # A device that failed to reset is in no known state: the next test gets a fresh one.
-                    self._stop_many([device, *self._dependents(device)], item)
-                    raise
-            else:
-                self._begin(device, used)
+            try:
+                if device is None:
+                    device = self._start(target, target.devices[current], item, used)
+                elif device.uses > 0 and device.spec.reset != "none":
+                    self._begin(device, used)
+                    self._reset_or_drop(device, item)
+                else:
+                    self._begin(device, used)
+            except JumpstarterError as exc:
+                what = "starting" if device is None else "resetting"
+                item.stash[DEVICE_FAILURE] = (
+                    exc,
+                    f"while {what} device {current!r} of target {target.name!r}",
+                )
+                raise
             device.uses += 1
             device.last_item = item
         return self.live[(target.name, name)].driver
+
+    def _reset_or_drop(self, device: LiveDevice, item: pytest.Item) -> None:
+        __tracebackhide__ = True
+        try:
+            self._reset(device, item)
+        except BaseException:
+            # A device that failed to reset is in no known state: the next test gets a fresh one.
+            try:
+                self._stop_many([device, *self._dependents(device)], item)
+            except Exception as exc:
+                log.warning("stopping %s after its failed reset failed too: %s", device.spec.name, exc)
+            raise
 
     def _begin(self, device: LiveDevice, used: ItemDevices) -> None:
         used.devices.append(device)

@@ -380,11 +380,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if run is None:
         return report
     if call.when == "setup" and call.excinfo is not None:
-        from .errors import JumpstarterError
+        from .lifecycle import DEVICE_FAILURE
 
-        if isinstance(call.excinfo.value, JumpstarterError):
-            # A device that would not start: its message says it all; the plugin's frames say nothing.
-            report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+        failure = item.stash.get(DEVICE_FAILURE, None)
+        if failure is not None and failure[0] is call.excinfo.value:
+            # A device that would not start: the driver's message says it all, the plugin's frames nothing.
+            report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}\n({failure[1]})"
     if run.redact:
         report.sections = [(name, run.redact(content)) for name, content in report.sections]
         if report.longrepr is not None:

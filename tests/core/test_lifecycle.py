@@ -88,7 +88,10 @@ def test_start_failure_is_a_setup_error_with_the_driver_message(rec_pytester: py
     result = rec_pytester.runpytest("--target=t.yaml")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
-        ["*DriverError: device 'flasher': power supply says no (expected 12 V, found 0 V)*"]
+        [
+            "*DriverError: device 'flasher': power supply says no (expected 12 V, found 0 V)",
+            "(while starting device 'flasher' of target 't')",
+        ]
     )
     assert "lifecycle.py" not in result.stdout.str()
     assert events(rec_pytester) == [
