@@ -22,10 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-from pytest_jumpstarter import DeviceContext
-from pytest_jumpstarter.settings import Setting, coerce
 from pytest_jumpstarter_network import TcpRelay
 from pytest_jumpstarter_network.echo_server import EchoServer
+
+from pytest_jumpstarter import DeviceContext
+from pytest_jumpstarter.settings import Setting, coerce
 
 CHUNK = 1 << 20
 
@@ -81,7 +82,9 @@ def concurrent(addr: tuple[str, int], connections: int, size: int = 64 * 1024) -
                 while data := sock.recv(65536):
                     received += data
             if bytes(received) != payload:
-                errors.append(f"connection {index}: got {len(received)} bytes back, expected {size} identical")
+                errors.append(
+                    f"connection {index}: got {len(received)} bytes back, expected {size} identical"
+                )
         except Exception as exc:
             errors.append(f"connection {index}: {exc!r}")
 

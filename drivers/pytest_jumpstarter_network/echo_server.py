@@ -92,15 +92,22 @@ class EchoServer:
     A context manager: on exit the process group is killed and reaped, whatever happened.
     """
 
-    def __init__(self, host: str = "127.0.0.1", prefix: Sequence[str] = (), timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        timeout: float = 10.0,
+    ) -> None:
         self.host = host
         self.prefix = list(prefix)
+        self.extra_args = list(extra_args)
         self.timeout = timeout
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> EchoServer:
-        command = [*self.prefix, sys.executable, "-m", __spec__.name, "--host", self.host]
+        command = [*self.prefix, sys.executable, "-m", __spec__.name, "--host", self.host, *self.extra_args]
         self.proc = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,

@@ -532,8 +532,8 @@ class _Flow:
                 self.conn.abort()
                 return
             if not data:
-                self._end_of_stream()
-                return
+                self._end_of_stream()  # after what is still queued, which the timer below delivers
+                break
             due = now
             if link is not None:
                 due = link.depart(now, len(data)) + link.delay() + link.retransmit_penalty()

@@ -143,15 +143,27 @@ class NetTunnel(Driver):
         host, hport = self.tcp(port)
         target = self._target(port)
         fwd = self._relayed.get(("tcp", target))
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        reason: str | None = None
         try:
-            sock = socket.create_connection((host, hport), timeout=timeout)
+            sock.settimeout(timeout)
+            # Bound first, so the relay's report about this connection can be found even if the
+            # relay's reset (upstream refused) beats connect() back.
+            sock.bind((host, 0))
+            local = sock.getsockname()
+            sock.connect((host, hport))
         except OSError as exc:
+            sock.close()
+            if fwd is not None:
+                with contextlib.suppress(TimeoutError):
+                    reason = fwd.wait_outcome(local, 1.0)
             raise TunnelError(
-                self.device_name, f"cannot connect to {self._label(target)} through {host}:{hport}: {exc}"
+                self.device_name,
+                f"cannot connect to {self._label(target)} through {host}:{hport}: {reason or exc}",
             ) from exc
         if fwd is not None:
             try:
-                reason = fwd.wait_outcome(sock.getsockname(), timeout)
+                reason = fwd.wait_outcome(local, timeout)
             except TimeoutError:
                 reason = f"the relay got no answer from the board within {timeout}s"
             if reason is not None:
