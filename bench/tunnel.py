@@ -14,12 +14,14 @@ median of ``--rounds`` is compared, so both see the same machine state.  Prints 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pytest_jumpstarter_network import TcpRelay
@@ -29,6 +31,36 @@ from pytest_jumpstarter import DeviceContext
 from pytest_jumpstarter.settings import Setting, coerce
 
 CHUNK = 1 << 20
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (or one of its threads) so far."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+class CpuMeter:
+    """CPU seconds used by the client thread, the relay thread and the server process during a run."""
+
+    def __init__(self, server_pid: int, relay_tid: int) -> None:
+        self.pids = {
+            "client": (os.getpid(), threading.get_native_id()),
+            "relay": (os.getpid(), relay_tid),
+            "server": (server_pid, None),
+        }
+        self.totals: dict[str, dict[str, float]] = {}
+
+    def measure(self, mode: str, run: Callable[[], float]) -> float:
+        before = {k: cpu_seconds(*v) for k, v in self.pids.items()}
+        elapsed = run()
+        used = self.totals.setdefault(mode, {"wall": 0.0} | {k: 0.0 for k in self.pids})
+        used["wall"] += elapsed
+        for k, v in self.pids.items():
+            used[k] += cpu_seconds(*v) - before[k]
+        return elapsed
 
 
 def stream(addr: tuple[str, int], size: int) -> float:
@@ -115,10 +147,13 @@ def main() -> int:
             relay_count = tunnel.tcp(server.ports["count"])
             relay_echo = tunnel.tcp(server.ports["echo"])
 
+            assert tunnel.relay is not None and tunnel.relay._thread.native_id is not None
+            assert server.proc is not None
+            meter = CpuMeter(server.proc.pid, tunnel.relay._thread.native_id)
             direct_t, relay_t = [], []
             for _ in range(args.rounds):
-                direct_t.append(stream(direct_count, size))
-                relay_t.append(stream(relay_count, size))
+                direct_t.append(meter.measure("direct", lambda: stream(direct_count, size)))
+                relay_t.append(meter.measure("relay", lambda: stream(relay_count, size)))
             direct_bw = size / statistics.median(direct_t)
             relay_bw = size / statistics.median(relay_t)
 
@@ -136,6 +171,13 @@ def main() -> int:
     print(f"throughput ({size / mib:.0f} MiB, median of {args.rounds}):")
     print(f"  direct  {direct_bw / mib:8.0f} MiB/s")
     print(f"  relay   {relay_bw / mib:8.0f} MiB/s   ratio {relay_bw / direct_bw:.2f}x (goal >= 0.80x)")
+    print(f"  CPU seconds per GiB (client thread / relay thread / server; wall), {os.cpu_count()} CPUs:")
+    for mode, used in meter.totals.items():
+        per = (1 << 30) / (size * args.rounds)
+        print(
+            f"    {mode:7} {used['client'] * per:5.2f} / {used['relay'] * per:5.2f} / "
+            f"{used['server'] * per:5.2f}; wall {used['wall'] * per:5.2f}"
+        )
     print(f"round trip (64 B echo, median of {args.round_trips} x {args.rounds}):")
     print(f"  direct  {d_rtt * 1e6:8.1f} us")
     print(f"  relay   {r_rtt * 1e6:8.1f} us   +{(r_rtt - d_rtt) * 1e6:.1f} us (goal <= +100 us)")

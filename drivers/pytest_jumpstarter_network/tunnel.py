@@ -221,6 +221,11 @@ class NetTunnel(Driver):
                 self._relay.set_impairment(previous)
 
     @property
+    def relay(self) -> Relay | None:
+        """The relay's event loop (None while stopped); ``relay.splice`` says how bulk data moves."""
+        return self._relay
+
+    @property
     def forwards(self) -> dict[str, Target]:
         """The named forwards of the description."""
         return dict(self._forwards)
