@@ -125,6 +125,7 @@ class NetTunnel(Driver):
         client).  The socket lives in the device's private folder and is removed on stop.
         """
         self.require_started("unix()")
+        self._refresh()
         target = self._target(port)
         key = ("unix", target)
         fwd = self._relayed.get(key)
@@ -246,6 +247,9 @@ class NetTunnel(Driver):
     def _board_label(self) -> str:
         raise NotImplementedError
 
+    def _refresh(self) -> None:
+        """Bring board-side state up to date before an endpoint is handed out (see qemu-user-forward)."""
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _label(self, target: Target) -> str:
@@ -270,6 +274,7 @@ class NetTunnel(Driver):
 
     def _inet_endpoint(self, proto: str, port: int | str) -> tuple[str, int]:
         self.require_started(f"{proto}()")
+        self._refresh()
         target = self._target(port)
         if proto == "udp" and isinstance(target, Path):
             raise TunnelError(self.device_name, f"udp({port!r}): {target} is a Unix stream socket, not UDP")
@@ -365,6 +370,10 @@ class QemuUserForward(NetTunnel):
     Endpoints are slirp's own host ports (no extra hop).  Inside ``impaired()``, or with
     ``relay: true``, endpoints go through the relay in front of those ports so the impairment
     applies; connections made before ``impaired()`` keep their direct, unimpaired path.
+
+    When the board is powered off and on, its new QEMU process has a new slirp: the forwards are
+    made again on first use (new host ports), and relayed endpoints keep their port and lead to the
+    new forwards, so with ``relay: true`` an endpoint stays valid across power cycles.
     """
 
     name: ClassVar[str] = "qemu-user-forward"
@@ -380,6 +389,19 @@ class QemuUserForward(NetTunnel):
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         self._hostfwds: dict[tuple[str, int], int] = {}
+        self._boots: int | None = None
+
+    def _refresh(self) -> None:
+        # QemuBoard counts its launches; slirp forwards die with the QEMU process that had them.
+        boots = getattr(self._board(), "boots", None)
+        if boots == self._boots:
+            return
+        known, self._boots = self._boots, boots
+        if known is None:
+            return
+        self._hostfwds.clear()
+        for (kind, target), fwd in self._relayed.items():
+            fwd.upstream = self._upstream("udp" if kind == "udp" else "tcp", target)
 
     def _board(self) -> Any:
         board = self.ctx.refs.get("board")
@@ -435,6 +457,8 @@ class QemuUserForward(NetTunnel):
 
     def stop(self) -> None:
         try:
+            if self.started and getattr(self._board(), "is_running", True):
+                self._refresh()  # forwards of an earlier QEMU process are gone already
             for proto, port in list(self._hostfwds):
                 self._remove_hostfwd(proto, port)
         finally:

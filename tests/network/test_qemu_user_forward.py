@@ -1,0 +1,190 @@
+"""qemu-user-forward into a real Linux QEMU board (BusyBox httpd on 80, TCP echo on 7), over slirp.
+
+Skipped with a reason until the QEMU board driver is on this branch, and when the demo images are
+missing (failed instead under ``JUMPSTARTER_REQUIRE_IMAGES=1``).  One board serves the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_jumpstarter_network import QemuUserForward
+
+from pytest_jumpstarter import DeviceContext, Driver, Transcript
+from pytest_jumpstarter.settings import coerce
+
+try:
+    from pytest_jumpstarter_qemu import QemuBoard
+    from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
+except ImportError:  # the QEMU family is not merged yet
+    QemuBoard = None
+
+pytestmark = [pytest.mark.qemu, pytest.mark.timeout(180)]
+
+DEMO_PAGE = b"pytest-jumpstarter demo board"
+
+
+@pytest.fixture(scope="module")
+def linux_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if QemuBoard is None:
+        pytest.skip("the QEMU board driver (pytest_jumpstarter_qemu.QemuBoard) is not on this branch yet")
+    images = require_images(LINUX_KERNEL, LINUX_INITRD)
+    workdir = tmp_path_factory.mktemp("qemu_vm")
+    raw = {
+        "kernel": str(images.linux_kernel),
+        "initrd": str(images.linux_initrd),
+        "network": {"forwards": {}},
+    }
+    settings = {key: coerce(QemuBoard.settings[key], value, workdir) for key, value in raw.items()}
+    board = QemuBoard(
+        DeviceContext(
+            name="qemu_vm", target="nettest", settings=settings, workdir=workdir, transcript=Transcript()
+        )
+    )
+    try:
+        board.start()
+        yield board
+    finally:
+        board.stop()
+
+
+def make_tunnel(board: Driver, workdir: Path, **settings: Any) -> QemuUserForward:
+    full: dict[str, Any] = {
+        "board": board.device_name,
+        "host": "127.0.0.1",
+        "relay": False,
+        "forwards": {"http": 80, "echo": 7},
+        "listen": "127.0.0.1",
+        "connect_timeout": 5.0,
+    }
+    full.update(settings)
+    ctx = DeviceContext(
+        name="tunnel", target="nettest", settings=full, refs={"board": board}, workdir=workdir
+    )
+    return QemuUserForward(ctx)
+
+
+@pytest.fixture
+def tunnel(linux_board: Any, tmp_path: Path) -> Iterator[QemuUserForward]:
+    made = make_tunnel(linux_board, tmp_path)
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while data := sock.recv(65536):
+        out += data
+    return bytes(out)
+
+
+def test_http_get_reaches_the_boards_httpd(tunnel: QemuUserForward) -> None:
+    with urllib.request.urlopen(tunnel.url("http", "http", "/index.html"), timeout=20) as response:
+        assert response.status == 200
+        assert DEMO_PAGE in response.read()
+
+
+def test_echo_service_answers_and_half_close_ends_it(tunnel: QemuUserForward) -> None:
+    with tunnel.connect("echo", timeout=20) as sock:
+        sock.sendall(b"hello guest\n" * 1000)
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == b"hello guest\n" * 1000
+
+
+def test_50_parallel_connections_to_the_guest(tunnel: QemuUserForward) -> None:
+    # The guest's echo service (BusyBox "nc -ll") listens with a backlog of 2: a burst of 50 SYNs
+    # overflows it and slirp resets the excess.  So the connections are opened one after another
+    # (each proven by a first echo), then all 50 are used at the same time.
+    socks: list[socket.socket] = []
+    errors: list[str] = []
+    try:
+        for index in range(50):
+            sock = tunnel.connect("echo", timeout=20)
+            socks.append(sock)
+            sock.settimeout(60)
+            sock.sendall(b"%03d\n" % index)
+            got = b""
+            while len(got) < 4:
+                got += sock.recv(4)
+            assert got == b"%03d\n" % index
+
+        def one(index: int, sock: socket.socket) -> None:
+            payload = b"%03d " % index * 2000
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                if recv_all(sock) != payload:
+                    errors.append(f"connection {index}: wrong data back")
+            except Exception as exc:
+                errors.append(f"connection {index}: {exc!r}")
+
+        threads = [threading.Thread(target=one, args=(i, s)) for i, s in enumerate(socks)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert errors == []
+
+
+def test_forwards_are_removed_on_stop(linux_board: Any, tmp_path: Path) -> None:
+    tunnel = make_tunnel(linux_board, tmp_path)
+    tunnel.start()
+    try:
+        address = tunnel.tcp("http")
+        extra = tunnel.tcp(7)
+    finally:
+        tunnel.stop()
+    listed = linux_board.hmp("info usernet")
+    for _, port in (address, extra):
+        assert f" {port} " not in listed
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_impaired_slirp_forward_adds_latency(tunnel: QemuUserForward) -> None:
+    def median_rtt() -> float:
+        with tunnel.connect("echo", timeout=20) as sock:
+            times = []
+            for _ in range(10):
+                start = time.perf_counter()
+                sock.sendall(b"ping\n")
+                got = b""
+                while len(got) < 5:
+                    got += sock.recv(10)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+
+    clean = median_rtt()
+    with tunnel.impaired(latency_ms=50):
+        slow = median_rtt()
+    assert 0.090 <= slow - clean <= 0.150, (clean, slow)
+
+
+def test_relayed_endpoint_survives_a_power_cycle(linux_board: Any, tmp_path: Path) -> None:
+    tunnel = make_tunnel(linux_board, tmp_path, relay=True)
+    tunnel.start()
+    try:
+        before = tunnel.url("http", "http", "/index.html")
+        linux_board.off()
+        linux_board.on()
+        assert tunnel.url("http", "http", "/index.html") == before  # same relay port, new slirp forward
+        with urllib.request.urlopen(before, timeout=20) as response:
+            assert DEMO_PAGE in response.read()
+    finally:
+        with contextlib.suppress(Exception):
+            tunnel.stop()
