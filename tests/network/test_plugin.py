@@ -1,31 +1,19 @@
 """The tunnel drivers as a pytest user meets them: a target file, the ``net_tunnel`` fixture, xdist.
 
-Skipped with a reason until the plugin core (target loading, device fixtures) is on this branch;
-the xdist test also needs the QEMU board driver and the demo images.
+The xdist test boots two real QEMU boards (skipped without the demo images, as the qemu tests are).
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pytest_jumpstarter_network.echo_server import EchoServer
-
-import pytest_jumpstarter.plugin
-
-try:
-    from pytest_jumpstarter_qemu import QemuBoard
-    from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
-except ImportError:  # the QEMU family is not merged yet
-    QemuBoard = None
+from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
 
 pytestmark = pytest.mark.timeout(240)
-
-if not hasattr(pytest_jumpstarter.plugin, "device_fixture"):
-    pytest.skip(
-        "the plugin core (target loading, device fixtures) is not on this branch yet", allow_module_level=True
-    )
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +102,16 @@ def test_bad_forward_in_target_file_is_reported_with_its_key(pytester: pytest.Py
     output.fnmatch_lines(["*relay.yaml*forwards.ssh*expected a port number*'twenty-two'*"])
 
 
+@pytest.fixture(scope="module")
+def linux_images() -> Any:
+    """The demo images, found before pytester points HOME at its own folder."""
+    return require_images(LINUX_KERNEL, LINUX_INITRD)
+
+
 def test_two_xdist_workers_forwarding_the_same_guest_port_get_different_host_ports(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, linux_images: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if QemuBoard is None:
-        pytest.skip("the QEMU board driver (pytest_jumpstarter_qemu.QemuBoard) is not on this branch yet")
-    images = require_images(LINUX_KERNEL, LINUX_INITRD)
+    images = linux_images
     pytester.makefile(
         ".yaml",
         board=f"""
@@ -150,7 +142,7 @@ def test_two_xdist_workers_forwarding_the_same_guest_port_get_different_host_por
         """
     )
     ports_dir = pytester.mkdir("ports")
-    pytester.monkeypatch.setenv("PORTS_DIR", str(ports_dir))
+    monkeypatch.setenv("PORTS_DIR", str(ports_dir))
     # --dist each: every worker runs the test, so both boards forward guest port 80 at the same time.
     result = pytester.runpytest("-n", "2", "--dist", "each", "--target=board.yaml")
     result.assert_outcomes(passed=2)

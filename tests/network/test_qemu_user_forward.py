@@ -1,7 +1,7 @@
 """qemu-user-forward into a real Linux QEMU board (BusyBox httpd on 80, TCP echo on 7), over slirp.
 
-Skipped with a reason until the QEMU board driver is on this branch, and when the demo images are
-missing (failed instead under ``JUMPSTARTER_REQUIRE_IMAGES=1``).  One board serves the module.
+Skipped when the demo images are missing (failed instead under ``JUMPSTARTER_REQUIRE_IMAGES=1``).
+One board serves the module; the tests that power it off come last.
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ from typing import Any
 
 import pytest
 from pytest_jumpstarter_network import QemuUserForward
+from pytest_jumpstarter_qemu import QemuBoard
+from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
 
-from pytest_jumpstarter import DeviceContext, Driver, Transcript
+from pytest_jumpstarter import DeviceContext, Driver, Transcript, TunnelError
 from pytest_jumpstarter.settings import coerce
-
-try:
-    from pytest_jumpstarter_qemu import QemuBoard
-    from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
-except ImportError:  # the QEMU family is not merged yet
-    QemuBoard = None
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(180)]
 
@@ -35,8 +31,6 @@ DEMO_PAGE = b"pytest-jumpstarter demo board"
 
 @pytest.fixture(scope="module")
 def linux_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if QemuBoard is None:
-        pytest.skip("the QEMU board driver (pytest_jumpstarter_qemu.QemuBoard) is not on this branch yet")
     images = require_images(LINUX_KERNEL, LINUX_INITRD)
     workdir = tmp_path_factory.mktemp("qemu_vm")
     raw = {
@@ -141,6 +135,32 @@ def test_50_parallel_connections_to_the_guest(tunnel: QemuUserForward) -> None:
     assert errors == []
 
 
+def test_udp_port_becomes_a_slirp_udp_forward(tunnel: QemuUserForward, linux_board: Any) -> None:
+    host, port = tunnel.udp(5353)
+    assert host == "127.0.0.1"
+    assert any(
+        line.split()[:1] == ["UDP[HOST_FORWARD]"] and f" {port} " in line
+        for line in linux_board.hmp("info usernet").splitlines()
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken, pytest.raises(OSError, match="in use"):
+        taken.bind(("127.0.0.1", port))  # slirp holds it
+
+
+def test_a_forward_slirp_cannot_make_names_board_and_port(linux_board: Any, tmp_path: Path) -> None:
+    tunnel = make_tunnel(linux_board, tmp_path, forwards={}, host="192.0.2.1")  # not an address of ours
+    tunnel.start()
+    try:
+        with pytest.raises(TunnelError, match=r"slirp tcp forward to board 'qemu_vm' port 80"):
+            tunnel.tcp(80)
+    finally:
+        tunnel.stop()
+
+
+def test_unix_targets_are_rejected_for_a_slirp_board() -> None:
+    problems = dict(QemuUserForward.check({"forwards": {"agent": "unix:/run/agent.sock"}}))
+    assert "tcp-relay" in problems["forwards.agent"]
+
+
 def test_forwards_are_removed_on_stop(linux_board: Any, tmp_path: Path) -> None:
     tunnel = make_tunnel(linux_board, tmp_path)
     tunnel.start()
@@ -188,3 +208,10 @@ def test_relayed_endpoint_survives_a_power_cycle(linux_board: Any, tmp_path: Pat
     finally:
         with contextlib.suppress(Exception):
             tunnel.stop()
+
+
+def test_stop_after_the_board_is_off_does_not_fail(linux_board: Any, tmp_path: Path) -> None:
+    tunnel = make_tunnel(linux_board, tmp_path)
+    tunnel.start()
+    linux_board.off()
+    tunnel.stop()  # the forwards went with the QEMU process; nothing to remove, nothing to raise

@@ -276,7 +276,7 @@ def test_impaired_udp_loss_drops_the_asked_ratio(ns_tunnel: TcpRelay) -> None:
         for batch in range(0, sent, 100):  # in batches, so no socket buffer overflows and adds loss
             for i in range(batch, batch + 100):
                 sock.sendto(b"%d" % i, target)
-            sock.settimeout(0.3)
+            sock.settimeout(0.15)
             with contextlib.suppress(TimeoutError):
                 while True:
                     sock.recvfrom(100)
