@@ -168,6 +168,8 @@ def main() -> int:
             tunnel.stop()
 
     mib = 1024 * 1024
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (other work lowers the ratios)")
     print(f"throughput ({size / mib:.0f} MiB, median of {args.rounds}):")
     print(f"  direct  {direct_bw / mib:8.0f} MiB/s")
     print(f"  relay   {relay_bw / mib:8.0f} MiB/s   ratio {relay_bw / direct_bw:.2f}x (goal >= 0.80x)")
