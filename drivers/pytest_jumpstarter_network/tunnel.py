@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -67,6 +70,7 @@ class NetTunnel(Driver):
         self._relayed: dict[tuple[str, Target], Forward] = {}
         self._impairment: Impairment | None = None
         self._forwards: dict[str, Target] = {}
+        self._short_dir: Path | None = None
 
     @classmethod
     def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
@@ -101,12 +105,15 @@ class NetTunnel(Driver):
         super().stop()
         if relay is not None:
             relay.close()
-            if relay.errors:
-                raise TunnelError(
-                    self.device_name,
-                    "the relay hit internal errors (a bug in pytest-jumpstarter, please report it):\n  "
-                    + "\n  ".join(relay.errors[:10]),
-                )
+        if self._short_dir is not None:
+            shutil.rmtree(self._short_dir, ignore_errors=True)
+            self._short_dir = None
+        if relay is not None and relay.errors:
+            raise TunnelError(
+                self.device_name,
+                "the relay hit internal errors (a bug in pytest-jumpstarter, please report it):\n  "
+                + "\n  ".join(relay.errors[:10]),
+            )
 
     # -- the Network capability ----------------------------------------------------------------
 
@@ -131,7 +138,7 @@ class NetTunnel(Driver):
         fwd = self._relayed.get(key)
         if fwd is None:
             name = f"{target}" if isinstance(target, int) else target.name
-            path = self.ctx.workdir / f"tunnel-{self.device_name}-{name}.sock"
+            path = self._socket_dir() / f"{self.device_name}-{name}.sock"
             fwd = self._add_relay("tcp", Address.unix(path), target)
             self._relayed[key] = fwd
         return Path(fwd.listen.address)
@@ -298,6 +305,15 @@ class NetTunnel(Driver):
             raise TunnelError(
                 self.device_name, f"cannot listen on {listen} for {self._label(target)}: {exc}"
             ) from exc
+
+    def _socket_dir(self) -> Path:
+        """Where unix() sockets go: the device's folder, or a short private one if that path is too long."""
+        # A Unix socket path is limited to 107 bytes; pytest's folders can be deeper than that.
+        if len(os.fsencode(self.ctx.workdir)) <= 60:
+            return self.ctx.workdir
+        if self._short_dir is None:
+            self._short_dir = Path(tempfile.mkdtemp(prefix="jsnet-"))
+        return self._short_dir
 
     def _listen_host(self) -> str:
         host = str(self.ctx.settings.get("listen", "127.0.0.1"))
