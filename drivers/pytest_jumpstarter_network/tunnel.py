@@ -19,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import selectors
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -442,6 +445,59 @@ class QemuUserForward(NetTunnel):
                     self.device_name, f"cannot add a slirp {proto} forward to {self._label(port)}: {exc}"
                 ) from exc
         return self._hostfwds[key]
+
+    def connect(self, port: int | str, timeout: float = 10.0) -> socket.socket:
+        """A TCP socket connected to ``port`` on the guest; TunnelError if the guest refuses or stays silent.
+
+        slirp accepts a connection on the host before it connects to the guest, so a refusal would
+        only show later as an end of stream.  So this waits until slirp has no half-open connection
+        to that port left (its ``info usernet`` shows none in SYN_SENT), then looks at the socket.
+        """
+        sock = super().connect(port, timeout)
+        try:
+            self._await_guest(sock, self._target(port), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _await_guest(self, sock: socket.socket, target: Target, timeout: float) -> None:
+        host_port = self._hostfwds.get(("tcp", target)) if isinstance(target, int) else None
+        if host_port is None:
+            return
+        half_open = re.compile(rf"TCP\[SYN_SENT\]\s+\d+\s+\S+\s+{host_port}\s")
+        deadline = time.monotonic() + timeout
+        relayed = ("tcp", target) in self._relayed and (
+            self._impairment is not None or self.ctx.settings.get("relay", False)
+        )
+        # Through the relay, slirp's close takes one more hop (and the impairment's delay) to arrive.
+        linger = 0.0
+        if relayed:
+            imp = self._impairment
+            linger = 0.02 + ((imp.latency_ms + imp.jitter_ms) / 1000 if imp is not None else 0.0)
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_READ)
+            while half_open.search(self._board().hmp("info usernet")):
+                if time.monotonic() > deadline:
+                    raise TunnelError(
+                        self.device_name,
+                        f"cannot connect to {self._label(target)}: no answer within {timeout}s",
+                    )
+                sel.select(0.002)  # the guest answers within milliseconds; an early end of stream wakes us
+            if not sel.select(linger):
+                return
+        try:
+            closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return
+        except OSError:
+            closed = True
+        if closed:
+            raise TunnelError(
+                self.device_name,
+                f"cannot connect to {self._label(target)}: the guest refused (slirp closed the connection); "
+                f"check that a server listens on port {target} on the board",
+            )
 
     def _direct(self, proto: str, target: Target) -> tuple[str, int] | None:
         if self.ctx.settings.get("relay", False):

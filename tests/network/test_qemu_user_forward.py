@@ -135,6 +135,15 @@ def test_50_parallel_connections_to_the_guest(tunnel: QemuUserForward) -> None:
     assert errors == []
 
 
+def test_connect_to_a_guest_port_nobody_listens_on_names_board_and_port(tunnel: QemuUserForward) -> None:
+    with pytest.raises(TunnelError) as info:
+        tunnel.connect(5999, timeout=20)
+    message = str(info.value)
+    assert "board 'qemu_vm' port 5999" in message and "refused" in message
+    with tunnel.impaired(latency_ms=30), pytest.raises(TunnelError, match="refused"):
+        tunnel.connect(5999, timeout=20)  # through the relay in front of slirp too
+
+
 def test_udp_port_becomes_a_slirp_udp_forward(tunnel: QemuUserForward, linux_board: Any) -> None:
     host, port = tunnel.udp(5353)
     assert host == "127.0.0.1"
