@@ -477,13 +477,23 @@ class QemuUserForward(NetTunnel):
             linger = 0.02 + ((imp.latency_ms + imp.jitter_ms) / 1000 if imp is not None else 0.0)
         with selectors.DefaultSelector() as sel:
             sel.register(sock, selectors.EVENT_READ)
-            while half_open.search(self._board().hmp("info usernet")):
+            # slirp may not have taken our connection from its listening socket yet when the first
+            # look comes: done is "was half open, is no longer", or the socket shows something, or
+            # (a guest that answered between two looks) nothing was ever half open for a while.
+            seen_half_open = False
+            grace = time.monotonic() + 0.05
+            while True:
+                if half_open.search(self._board().hmp("info usernet")):
+                    seen_half_open = True
+                elif seen_half_open or time.monotonic() > grace:
+                    break
                 if time.monotonic() > deadline:
                     raise TunnelError(
                         self.device_name,
                         f"cannot connect to {self._label(target)}: no answer within {timeout}s",
                     )
-                sel.select(0.002)  # the guest answers within milliseconds; an early end of stream wakes us
+                if sel.select(0.002):  # an end of stream (or data) settles it at once
+                    break
             if not sel.select(linger):
                 return
         try:
