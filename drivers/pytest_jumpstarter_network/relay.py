@@ -164,7 +164,11 @@ class Relay:
             sock.close()
             raise
         fwd = Forward(kind, Address(listen.family, sock.getsockname()), upstream, label)
-        self._call(lambda: self._start_listener(fwd, sock))
+        try:
+            self._call(lambda: self._start_listener(fwd, sock))
+        except BaseException:
+            sock.close()
+            raise
         return fwd
 
     def remove(self, fwd: Forward) -> None:
