@@ -198,7 +198,10 @@ class Console(SpawnBase):  # type: ignore[misc]
         return len(data)
 
     def sendline(self, s: str | bytes = "") -> int:
-        return self.send(s) + self.send(self.linesep)
+        # One write, not two: the line arrives whole, as a person's Enter would send it.
+        line = s.encode("utf-8") if isinstance(s, str) else s
+        linesep = self.linesep.encode("utf-8") if isinstance(self.linesep, str) else self.linesep
+        return self.send(line + linesep)
 
     def expect_list(
         self,

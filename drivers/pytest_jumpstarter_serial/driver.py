@@ -76,7 +76,11 @@ class SerialConsole(Driver):
         last: Exception | None = None
         while True:
             try:
-                return serial.serial_for_url(self.url, baudrate=settings["baudrate"], timeout=0)
+                return _open_keeping_input(
+                    serial.serial_for_url(
+                        self.url, baudrate=settings["baudrate"], timeout=0, do_not_open=True
+                    )
+                )
             except (serial.SerialException, OSError, ValueError) as exc:
                 last = exc
             if isinstance(last, ValueError) or time.monotonic() >= deadline:
@@ -107,3 +111,19 @@ class SerialConsole(Driver):
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.console, name)
+
+
+def _open_keeping_input(port: Any) -> Any:
+    """Open a pyserial port without the input flush pyserial does in ``open()``.
+
+    pyserial discards whatever arrived before ``open()`` returned; a board that prints its banner
+    the moment we connect (a socket:// console server, a bootloader) would lose its first bytes,
+    which a test may need to see ("Hit any key to stop autoboot").
+    """
+    flush = port.reset_input_buffer
+    port.reset_input_buffer = lambda: None
+    try:
+        port.open()
+    finally:
+        port.reset_input_buffer = flush
+    return port
