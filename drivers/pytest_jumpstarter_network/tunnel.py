@@ -410,7 +410,7 @@ class QemuUserForward(NetTunnel):
         self._hostfwds: dict[tuple[str, int], int] = {}
         self._boots: int | None = None
 
-    def _refresh(self) -> None:
+    def _refresh(self, remake: bool = True) -> None:
         # QemuBoard counts its launches; slirp forwards die with the QEMU process that had them.
         boots = getattr(self._board(), "boots", None)
         if boots == self._boots:
@@ -419,6 +419,8 @@ class QemuUserForward(NetTunnel):
         if known is None:
             return
         self._hostfwds.clear()
+        if not remake:
+            return
         for (kind, target), fwd in self._relayed.items():
             fwd.upstream = self._upstream("udp" if kind == "udp" else "tcp", target)
 
@@ -540,7 +542,7 @@ class QemuUserForward(NetTunnel):
     def stop(self) -> None:
         try:
             if self.started and getattr(self._board(), "is_running", True):
-                self._refresh()  # forwards of an earlier QEMU process are gone already
+                self._refresh(remake=False)  # forwards of an earlier QEMU process are gone already
             for proto, port in list(self._hostfwds):
                 self._remove_hostfwd(proto, port)
         finally:
