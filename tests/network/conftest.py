@@ -16,30 +16,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from net_support import (
+    COUNT_PORT,
+    ECHO_PORT,
+    HTTP_BODY,
+    HTTP_PORT,
+    UDP_PORT,
+    Namespace,
+    NamespaceHost,
+    TunnelFactory,
+)
 from pytest_jumpstarter_network import TcpRelay
 from pytest_jumpstarter_network.echo_server import EchoServer
 
 from pytest_jumpstarter import DeviceContext, Driver
-
-#: Ports the servers use inside the namespace (it is private, so fixed ports cannot collide).
-ECHO_PORT, COUNT_PORT, HTTP_PORT, UDP_PORT = 7, 9, 80, 7
-HTTP_BODY = b"hello from inside the namespace\n"
-
-
-@dataclass
-class Namespace:
-    name: str
-    host_ip: str  # the root namespace's end of the veth pair
-    ns_ip: str  # the address inside the namespace
-
-    def exec_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.name]
 
 
 def _ip(*args: str) -> None:
@@ -133,19 +128,6 @@ def _process(command: list[str], ready: bytes, timeout: float = 10.0) -> Iterato
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-class NamespaceHost(Driver):
-    """A 'board' that is a host in a network namespace: reachable by IP, nothing else."""
-
-    name = "netns-host"
-
-    def __init__(self, ctx: DeviceContext, address: str) -> None:
-        super().__init__(ctx)
-        self.guest_address = address
-
-
-TunnelFactory = Callable[..., TcpRelay]
 
 
 @pytest.fixture

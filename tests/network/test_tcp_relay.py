@@ -11,11 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from net_support import COUNT_PORT, ECHO_PORT, HTTP_BODY, UDP_PORT, Namespace, NamespaceHost, TunnelFactory
 from pytest_jumpstarter_network import ImpairmentError, TcpRelay
 
 from pytest_jumpstarter import DeviceContext, DeviceStateError, Network, TunnelError
-
-from .conftest import COUNT_PORT, ECHO_PORT, HTTP_BODY, UDP_PORT, Namespace, NamespaceHost, TunnelFactory
 
 pytestmark = pytest.mark.timeout(60)
 
