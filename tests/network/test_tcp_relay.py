@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import statistics
+import struct
 import threading
 import time
 import urllib.request
@@ -325,3 +326,64 @@ def test_settings_check_names_the_bad_forward_and_the_missing_address() -> None:
     problems = dict(TcpRelay.check({"forwards": {"ssh": 22, "web": "eighty", "big": 70000}}))
     assert set(problems) == {"forwards.web", "forwards.big", "address"}
     assert "'eighty'" in problems["forwards.web"]
+
+
+def test_a_reset_from_the_board_reaches_the_client_as_a_reset(make_relay: TunnelFactory) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.recv(10)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # with linger 0: a reset, not an end of stream
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        tunnel = make_relay(address="127.0.0.1")
+        with tunnel.connect(server.getsockname()[1]) as sock:
+            sock.sendall(b"bye")
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(10):
+                    pass
+    finally:
+        server.close()
+        thread.join(10)
+
+
+def test_switching_impairment_mid_stream_keeps_every_byte_in_order(ns_tunnel: TcpRelay) -> None:
+    payload = bytes(range(251)) * 16384  # ~4 MiB; 251 so that a shifted block cannot look right
+    received = bytearray()
+    progress = threading.Condition()
+
+    def wait_for_more(amount: int) -> None:
+        with progress:
+            target = min(len(received) + amount, len(payload))
+            assert progress.wait_for(lambda: len(received) >= target, 10), "the stream stalled"
+
+    with ns_tunnel.connect("echo") as sock:
+
+        def send() -> None:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+
+        def read() -> None:
+            while data := sock.recv(65536):
+                with progress:
+                    received.extend(data)
+                    progress.notify_all()
+
+        threads = [threading.Thread(target=send), threading.Thread(target=read)]
+        for thread in threads:
+            thread.start()
+        try:
+            # Switch while bytes are in flight both ways: each phase lasts until more data came back.
+            for index in range(6):
+                with ns_tunnel.impaired(latency_ms=3, jitter_ms=3, rate_kbps=50_000, seed=index):
+                    wait_for_more(128 * 1024)
+                wait_for_more(128 * 1024)
+        finally:
+            for thread in threads:
+                thread.join(30)
+    assert len(received) == len(payload)
+    assert bytes(received) == payload
