@@ -87,6 +87,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if config.option.jumpstarter_list and getattr(config.option, "dist", "no") != "no":
+        # Listing happens where the tests are collected: in this process, not in xdist workers.
+        config.option.dist = "no"
+        config.option.numprocesses = None
+        config.option.tx = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
