@@ -221,9 +221,12 @@ class QemuBoard(Driver):
             self.on()
             return None
         console = self.console
+        seen = len(self.events)
         self.execute("system_reset")
-        # QEMU writes serial output to the socket as the guest makes it, so everything from before the
-        # reset (a late prompt, say) is readable now: drop it, or it would look like the board is ready.
+        # The reset happens after QMP answers; its RESET event says it did.  QEMU writes serial output
+        # to the socket as the guest makes it, so everything from before the reset (a late prompt, say)
+        # is readable by then: drop it, or it would look like the board is ready.
+        self.wait_event("RESET", timeout=10.0, since=seen)
         console.drain(quiet=0.0, limit=0.5)
         self._wait_ready("after system_reset")
         return None
@@ -472,7 +475,7 @@ class QemuBoard(Driver):
             cmd += ["-kernel", str(s("kernel"))]
             append = s("append")
             if append is None:
-                append = f"console={self._defaults['tty']} quiet loglevel=3 panic=-1"
+                append = f"console={self._defaults['tty']},115200 quiet loglevel=3 panic=-1"
             cmd += ["-append", append]
         if s("initrd"):
             cmd += ["-initrd", str(s("initrd"))]
