@@ -200,7 +200,10 @@ class Console(SpawnBase):  # type: ignore[misc]
         return len(data)
 
     def sendline(self, s: str | bytes = "") -> int:
-        return self.send(s) + self.send(self.linesep)
+        # One write, as pexpect does: two small writes on a TCP console meet Nagle and delayed ACK (40 ms).
+        if isinstance(s, bytes):
+            return self.send(s + self.linesep.encode())
+        return self.send(s + self.linesep)
 
     def expect_list(
         self,
