@@ -200,10 +200,10 @@ class Console(SpawnBase):  # type: ignore[misc]
         return len(data)
 
     def sendline(self, s: str | bytes = "") -> int:
-        # One write, as pexpect does: two small writes on a TCP console meet Nagle and delayed ACK (40 ms).
-        if isinstance(s, bytes):
-            return self.send(s + self.linesep.encode())
-        return self.send(s + self.linesep)
+        # One write, not two: the line arrives whole, as a person's Enter would send it.
+        line = s.encode("utf-8") if isinstance(s, str) else s
+        linesep = self.linesep.encode("utf-8") if isinstance(self.linesep, str) else self.linesep
+        return self.send(line + linesep)
 
     def expect_list(
         self,
