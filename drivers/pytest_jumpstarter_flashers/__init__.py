@@ -13,11 +13,12 @@ from pytest_jumpstarter.driver import Driver
 
 from .base import Destination, FlasherDriver
 from .block import BlockFlasher
+from .dfu import DfuFlasher
 
 
 @pytest.hookimpl
 def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
-    return [BlockFlasher]
+    return [BlockFlasher, DfuFlasher]
 
 
-__all__ = ["BlockFlasher", "Destination", "FlasherDriver"]
+__all__ = ["BlockFlasher", "Destination", "DfuFlasher", "FlasherDriver"]
