@@ -14,11 +14,13 @@ from pytest_jumpstarter.driver import Driver
 from .base import Destination, FlasherDriver
 from .block import BlockFlasher
 from .dfu import DfuFlasher
+from .qemu_disk import QemuDiskFlasher
+from .uboot import UBootTftpFlasher
 
 
 @pytest.hookimpl
 def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
-    return [BlockFlasher, DfuFlasher]
+    return [BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher]
 
 
 __all__ = ["BlockFlasher", "Destination", "DfuFlasher", "FlasherDriver"]
