@@ -72,6 +72,12 @@ class FlasherDriver(Driver):
         ),
         "progress_interval": Setting("duration", default=5.0, doc="at most one progress line this often"),
         "download_timeout": Setting("duration", default=30.0, doc="deadline for each read of an image URL"),
+        "checksum": Setting(
+            "str",
+            default="crc32",
+            choices=("crc32", "sha256"),
+            doc="the image checksum reported: crc32 (free) or sha256 (one more pass over every byte)",
+        ),
     }
 
     @classmethod
@@ -156,7 +162,11 @@ class FlasherDriver(Driver):
         start = time.monotonic()
         settings = self.ctx.settings
         try:
-            with open_image(source, timeout=settings.get("download_timeout", 30.0)) as image:
+            with open_image(
+                source,
+                timeout=settings.get("download_timeout", 30.0),
+                checksum=settings.get("checksum", "crc32"),
+            ) as image:
                 what = f"{self.device_name} ({self.name}) {image.name} -> {dest.name}"
                 progress = Progress(
                     self.ctx.progress,

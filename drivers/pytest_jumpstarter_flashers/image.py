@@ -6,8 +6,8 @@ An image is a local file or an ``http(s)`` URL, raw or compressed (``.gz``, ``.x
 - a hole of a sparse local file (``SEEK_DATA``/``SEEK_HOLE``) is never read, and a block that is all
   zeros is not handed over as data: flashers skip it (the target is a fresh file whose holes read
   as zeros) or zero it by the cheapest means they have;
-- the SHA-256 of the whole logical image and a CRC-32 per block are kept, so a flasher can verify
-  what it wrote block by block and name the first block that differs;
+- a CRC-32 per block is kept, so a flasher can verify what it wrote block by block and name the
+  first block that differs; the image's checksum is their combination (or a SHA-256 on request);
 - a stream that ends early (a truncated compressed file, an HTTP body shorter than its
   ``Content-Length``) is an error naming the offset, never a shorter image flashed quietly.
 
@@ -62,19 +62,80 @@ class Block:
         return self.data if self.data is not None else bytes(self.length)
 
 
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total = 0
+    index = 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[index]
+        vector >>= 1
+        index += 1
+    return total
+
+
+def _gf2_compose(a: list[int], b: list[int]) -> list[int]:
+    return [_gf2_times(a, column) for column in b]
+
+
+_SHIFT_CACHE: dict[int, list[int]] = {}
+
+
+def _crc32_shift(length: int) -> list[int]:
+    """The GF(2) operator that appends ``length`` zero bytes to a (raw) CRC-32 register."""
+    cached = _SHIFT_CACHE.get(length)
+    if cached is not None:
+        return cached
+    one_bit = [0xEDB88320] + [1 << n for n in range(31)]
+    power = one_bit
+    for _ in range(3):  # 8 bits: one zero byte
+        power = _gf2_compose(power, power)
+    result = [1 << n for n in range(32)]
+    remaining = length
+    while remaining:
+        if remaining & 1:
+            result = _gf2_compose(power, result)
+        remaining >>= 1
+        if remaining:
+            power = _gf2_compose(power, power)
+    _SHIFT_CACHE[length] = result
+    return result
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """``zlib.crc32(a + b)`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)`` (as zlib's crc32_combine)."""
+    return _gf2_times(_crc32_shift(length2), crc1) ^ crc2 if length2 > 0 else crc1
+
+
 @dataclass
 class Digest:
-    """What was read so far: size, SHA-256 and one CRC-32 per block (for block-wise verification)."""
+    """What was read so far: size, one CRC-32 per block (for verification), and the image's checksum.
+
+    The checksum is the CRC-32 of the whole image, combined from the block CRCs at no extra pass;
+    ``algorithm="sha256"`` adds a SHA-256 pass over every byte (zeros included).
+    """
 
     block_size: int
+    algorithm: str = "crc32"
     size: int = 0
     data_bytes: int = 0
     crcs: list[int] = field(default_factory=list)
-    _sha: Any = field(default_factory=hashlib.sha256)
+    crc: int = 0
+    _sha: Any = None
+
+    def add(self, data: bytes, crc: int) -> None:
+        self.crcs.append(crc)
+        self.crc = crc32_combine(self.crc, crc, len(data))
+        if self.algorithm == "sha256":
+            if self._sha is None:
+                self._sha = hashlib.sha256()
+            self._sha.update(data)
 
     @property
     def checksum(self) -> str:
-        return "sha256:" + str(self._sha.hexdigest())
+        if self.algorithm == "sha256":
+            sha = self._sha or hashlib.sha256()
+            return "sha256:" + str(sha.hexdigest())
+        return f"crc32:{self.crc:08x}"
 
 
 class _Reader(Protocol):
@@ -96,7 +157,9 @@ def zero_block(length: int) -> tuple[bytes, int]:
 class Image:
     """One image being read.  Use as a context manager; iterate :meth:`blocks` once."""
 
-    def __init__(self, source: str | PathLike[str], *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, source: str | PathLike[str], *, timeout: float = 30.0, checksum: str = "crc32"
+    ) -> None:
         self.source = os.fspath(source)
         self.timeout = timeout
         parsed = urllib.parse.urlparse(self.source)
@@ -109,7 +172,8 @@ class Image:
         self._fd: int | None = None
         #: Bytes the source announced (file size or Content-Length of an uncompressed image), if known.
         self.expected_size: int | None = None
-        self.digest = Digest(BLOCK_SIZE)
+        self.checksum = checksum
+        self.digest = Digest(BLOCK_SIZE, checksum)
 
     def __enter__(self) -> Image:
         try:
@@ -163,7 +227,7 @@ class Image:
 
     def blocks(self, block_size: int = BLOCK_SIZE) -> Iterator[Block]:
         """The image as consecutive blocks (the last may be shorter), updating :attr:`digest`."""
-        self.digest = Digest(block_size)
+        self.digest = Digest(block_size, self.checksum)
         if self._fd is not None:
             pieces = self._sparse_file_pieces(self._fd, block_size)
         else:
@@ -176,15 +240,10 @@ class Image:
             if data is not None and (data == zeros if length == block_size else not data.strip(b"\0")):
                 data = None
             if data is None:
-                if length == block_size:
-                    digest._sha.update(zeros)
-                    digest.crcs.append(zero_crc)
-                else:
-                    digest._sha.update(bytes(length))
-                    digest.crcs.append(zlib.crc32(bytes(length)))
+                short_zeros, crc = (zeros, zero_crc) if length == block_size else zero_block(length)
+                digest.add(short_zeros, crc)
             else:
-                digest._sha.update(data)
-                digest.crcs.append(zlib.crc32(data))
+                digest.add(data, zlib.crc32(data))
                 digest.data_bytes += length
             digest.size = offset + length
             yield Block(offset, length, data)
@@ -399,6 +458,6 @@ def _seek(fd: int, offset: int, whence: int, size: int) -> int:
         raise
 
 
-def open_image(source: str | PathLike[str], *, timeout: float = 30.0) -> Image:
+def open_image(source: str | PathLike[str], *, timeout: float = 30.0, checksum: str = "crc32") -> Image:
     """An :class:`Image` for ``source`` (a path or an ``http(s)`` URL), to use in a ``with``."""
-    return Image(source, timeout=timeout)
+    return Image(source, timeout=timeout, checksum=checksum)

@@ -9,6 +9,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def test_holes_and_zero_blocks_are_not_written_but_read_back_as_zeros(tmp_path: 
     assert result.verified
     assert result.bytes_written == 2 * MIB
     assert result.image_size == 8 * MIB
-    assert result.checksum == "sha256:" + hashlib.sha256(expected).hexdigest()
+    assert result.checksum == f"crc32:{zlib.crc32(expected):08x}"
     assert target.read_bytes() == expected
     assert os.stat(target).st_blocks * 512 <= 2 * MIB + 64 * 1024  # the rest stayed holes
 
@@ -66,7 +67,7 @@ def test_compressed_images_are_decompressed_as_a_stream(tmp_path: Path, marker: 
             pytest.skip("no zstd command (apt-get install zstd)")
         subprocess.run(["zstd", "-q", "-o", str(image)], input=raw, check=True)
     target = tmp_path / "sd.img"
-    result = block_flasher(tmp_path, target).flash(image)
+    result = block_flasher(tmp_path, target, checksum="sha256").flash(image)
     assert target.read_bytes() == raw
     assert result.image_size == len(raw)
     assert result.checksum == "sha256:" + hashlib.sha256(raw).hexdigest()
