@@ -234,6 +234,7 @@ class DfuFlasher(FlasherDriver):
             "duration", default=10.0, doc="wait for the device in DFU mode after detach"
         ),
         "manifest_timeout": Setting("duration", default=60.0, doc="deadline for manifestation"),
+        "find_timeout": Setting("duration", default=2.0, doc="how long to look for the device on the bus"),
     }
 
     def __init__(self, ctx: Any) -> None:
@@ -257,7 +258,7 @@ class DfuFlasher(FlasherDriver):
             self.backend = SimulatedDfuBackend(self.simulator)
         elif self.backend is not None:
             self.simulator = getattr(self.backend, "device", None)
-        device = self._find(deadline=time.monotonic() + 2.0)
+        device = self._find(deadline=time.monotonic() + settings.get("find_timeout", 2.0))
         if device is None:
             raise DriverError(
                 self.device_name, f"dfu: no USB device matches {self._wanted()}: is it plugged in?"
@@ -332,7 +333,7 @@ class DfuFlasher(FlasherDriver):
     def _open(self, dest: Destination) -> DfuSession:
         """Find the device, in DFU mode (detaching it if needed), with ``dest``'s alternate setting."""
         timeout_ms = int(self.ctx.settings.get("request_timeout", 5.0) * 1000)
-        device = self._find(deadline=time.monotonic() + 2.0)
+        device = self._find(deadline=time.monotonic() + self.ctx.settings.get("find_timeout", 2.0))
         if device is None:
             raise self.fail(dest, f"no USB device matches {self._wanted()} (unplugged?)")
         interfaces = self._dfu_interfaces(device)

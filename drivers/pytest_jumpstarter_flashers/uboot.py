@@ -75,6 +75,9 @@ class UBootTftpFlasher(FlasherDriver):
         ),
         "power_cycle": Setting("bool", default=True, doc="power-cycle the board before flashing"),
         "reset_after": Setting("bool", default=True, doc="reset the board after flashing"),
+        "host_disk": Setting(
+            "str", default="disk0", doc="the QEMU board's disk that dump() reads on the host"
+        ),
     }
 
     _ids = itertools.count(1)
@@ -233,6 +236,9 @@ class UBootTftpFlasher(FlasherDriver):
         verify = self._verify_now
         attempts = max(1, s.get("retries", 3))
         problems: list[str] = []
+        read = s.get("read_command", "virtio read {addr} {block} {count}")
+        if chunk.data is None and chunk.length % block_size:
+            chunk.data = bytes(chunk.length)  # a short zero tail: send it, so the block's rest is kept
         for attempt in range(attempts):
             try:
                 if chunk.data is None:
@@ -242,8 +248,16 @@ class UBootTftpFlasher(FlasherDriver):
                     source = zeros
                     sent = 0
                 else:
-                    data = chunk.data + bytes(padded - chunk.length)
-                    self._load(dest, root, chunk, data, load, where)
+                    if padded != chunk.length:
+                        # The image ends inside a block: load that block from storage first, so
+                        # the bytes after the image's end are written back as they were.
+                        last = f"{first_block + count - 1:#x}"
+                        self._storage(
+                            read.format(addr=f"{load + padded - block_size:#x}", block=last, count="0x1"),
+                            where,
+                            "read",
+                        )
+                    self._load(dest, root, chunk, chunk.data, load, where)
                     source = load
                     sent = chunk.length
                 write = s.get("write_command", "virtio write {addr} {block} {count}")
@@ -253,7 +267,6 @@ class UBootTftpFlasher(FlasherDriver):
                     "written",
                 )
                 if verify:
-                    read = s.get("read_command", "virtio read {addr} {block} {count}")
                     self._storage(
                         read.format(addr=f"{readback:#x}", block=f"{first_block:#x}", count=f"{count:#x}"),
                         where,
@@ -354,7 +367,8 @@ class UBootTftpFlasher(FlasherDriver):
             raise self.fail(dest, "dump needs a board whose disk the host can read (disk_path)")
         from .qemu_disk import read_disk
 
-        return read_disk(board, dest, path, size, self)
+        host = Destination(dest.name, self.ctx.settings.get("host_disk", "disk0"), dest.offset, dest.size)
+        return read_disk(board, host, path, size, self)
 
 
 def _make_chunk(index: int, offset: int, parts: list[tuple[bytes | None, int]], length: int) -> _Chunk:

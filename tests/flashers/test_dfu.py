@@ -169,7 +169,7 @@ def test_missing_device_fails_at_start(tmp_path: Path) -> None:
     device = SimulatedDfuDevice()
     device.attached = False
     with pytest.raises(Exception, match=r"no USB device matches idVendor 0x1209"):
-        dfu_flasher(tmp_path, device, vendor_id=0x1209)
+        dfu_flasher(tmp_path, device, vendor_id=0x1209, find_timeout=0.1)
 
 
 def test_simulated_backend_from_the_target_description(tmp_path: Path, image: tuple[Path, bytes]) -> None:

@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Flasher benchmark: each method against a baseline measured in the same run; prints ratios.
+
+    python bench/flash.py [--rounds 5] [--only qemu-disk,uboot-tftp,dfu]
+
+1. qemu-disk vs ``dd bs=4M conv=fsync`` (and ``qemu-img convert``) of the same 256 MiB image, for a
+   realistic disk image (ext4 with 96 MiB of files) and a worst case (256 MiB of random bytes).
+   The flasher's figure includes its read-back verification; the board is off throughout.
+2. uboot-tftp end to end (power-cycle, chunks, CRC32, write, read-back compare, reset) on a
+   64 MiB random image, vs a bare ``tftpboot`` of the same file on the same board in the same run.
+3. dfu against the software device: the protocol's cost per block (DNLOAD + GETSTATUS polling,
+   manifestation) over the bare control transfer that carries the same bytes.
+
+Medians of ``--rounds`` interleaved runs.  Needs the demo images (scripts/build-images) for 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pytest_jumpstarter.driver import DeviceContext
+
+MIB = 1024 * 1024
+
+
+def median_time(fn: Callable[[], Any], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def defaults(cls: Any) -> dict[str, Any]:
+    return {name: s.default for name, s in cls.settings.items() if not s.required}
+
+
+def make_ext4_image(path: Path, work: Path) -> None:
+    """A 256 MiB ext4 image holding 96 MiB of files: what a rootfs image looks like (mostly unused)."""
+    tree = work / "tree"
+    tree.mkdir()
+    for i in range(24):
+        (tree / f"blob{i}.bin").write_bytes(os.urandom(3 * MIB))
+        (tree / f"text{i}.txt").write_text(("line of text %d\n" % i) * 60000)
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", str(tree), str(path), "256M"],
+        check=True,
+        capture_output=True,
+    )
+    shutil.rmtree(tree)
+
+
+def bench_qemu_disk(rounds: int, work: Path) -> None:
+    from pytest_jumpstarter_flashers.qemu_disk import QemuDiskFlasher
+    from pytest_jumpstarter_qemu.board import QemuBoard
+
+    images = {"ext4 rootfs (96 MiB used)": work / "rootfs.img", "random (256 MiB used)": work / "random.img"}
+    make_ext4_image(images["ext4 rootfs (96 MiB used)"], work)
+    with open(images["random (256 MiB used)"], "wb") as f:
+        for _ in range(256):
+            f.write(os.urandom(MIB))
+    board_dir = work / "board"
+    board_dir.mkdir()
+    board = QemuBoard(
+        DeviceContext(
+            name="qemu_vm",
+            target="bench",
+            settings={
+                **defaults(QemuBoard),
+                "bios": "/dev/null",
+                "autostart": False,
+                "disks": {"disk0": "256M"},
+            },
+            workdir=board_dir,
+        )
+    )
+    board.start()
+    try:
+        flasher = QemuDiskFlasher(
+            DeviceContext(
+                name="flasher",
+                target="bench",
+                settings={**defaults(QemuDiskFlasher), "power_on": False},
+                refs={"board": board},
+                workdir=work,
+            )
+        )
+        flasher.start()
+        print("## qemu-disk vs dd / qemu-img convert, 256 MiB image, board off")
+        for label, image in images.items():
+            subprocess.run(["sync"], check=True)
+            dd_out = work / "dd.img"
+            qi_out = work / "qemu-img.img"
+
+            def dd(image: Path = image) -> None:
+                subprocess.run(
+                    ["dd", f"if={image}", f"of={dd_out}", "bs=4M", "conv=fsync", "status=none"], check=True
+                )
+
+            def qemu_img(image: Path = image) -> None:
+                subprocess.run(
+                    ["qemu-img", "convert", "-f", "raw", "-O", "raw", str(image), str(qi_out)], check=True
+                )
+
+            results: list[Any] = []
+
+            def ours(image: Path = image) -> None:
+                results.append(flasher.flash(image))
+
+            def ours_unverified(image: Path = image) -> None:
+                flasher.flash(image, verify=False)
+
+            t_dd = t_qi = t_ours = t_nv = 0.0
+            samples: dict[str, list[float]] = {"dd": [], "qi": [], "ours": [], "nv": []}
+            for _ in range(rounds):  # interleaved, so background load hits all alike
+                for key, fn in (("dd", dd), ("qi", qemu_img), ("ours", ours), ("nv", ours_unverified)):
+                    samples[key].append(median_time(fn, 1))
+            t_dd, t_qi, t_ours, t_nv = (statistics.median(samples[k]) for k in ("dd", "qi", "ours", "nv"))
+            written = results[-1].bytes_written / MIB
+            print(
+                f"{label}: dd {t_dd:.3f}s, qemu-img convert {t_qi:.3f}s, qemu-disk verified {t_ours:.3f}s "
+                f"(wrote {written:.0f} MiB), unverified {t_nv:.3f}s"
+            )
+            print(
+                f"  ratio (baseline time / ours, >1 = faster): vs dd {t_dd / t_ours:.2f}x verified, "
+                f"{t_dd / t_nv:.2f}x unverified; vs qemu-img {t_qi / t_ours:.2f}x verified, "
+                f"{t_qi / t_nv:.2f}x unverified"
+            )
+            dd_out.unlink(missing_ok=True)
+            qi_out.unlink(missing_ok=True)
+    finally:
+        board.stop()
+
+
+def bench_uboot(rounds: int, work: Path) -> None:
+    from pytest_jumpstarter_flashers.uboot import UBootTftpFlasher
+    from pytest_jumpstarter_qemu.board import QemuBoard
+    from pytest_jumpstarter_qemu.images import demo_images
+
+    uboot = demo_images().uboot_arm64
+    if not uboot.exists():
+        print(f"## uboot-tftp: skipped, {uboot} missing (run scripts/build-images)")
+        return
+    image = work / "random64.img"
+    image.write_bytes(os.urandom(64 * MIB))
+    board_dir = work / "uboot-board"
+    board_dir.mkdir()
+    board = QemuBoard(
+        DeviceContext(
+            name="uboot_vm",
+            target="bench",
+            settings={
+                **defaults(QemuBoard),
+                "arch": "aarch64",
+                "bios": uboot,
+                "shell": "uboot",
+                "memory": 512 * MIB,
+                "network": {"tftp": True},
+                "disks": {"disk0": "128M"},
+            },
+            workdir=board_dir,
+        )
+    )
+    board.start()
+    try:
+        flasher = UBootTftpFlasher(
+            DeviceContext(
+                name="flasher",
+                target="bench",
+                settings={**defaults(UBootTftpFlasher), "ram_size": 384 * MIB},
+                refs={"board": board},
+                workdir=work,
+            )
+        )
+        flasher.start()
+        flash_times, e2e_times, raw_times = [], [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            result = flasher.flash(image)
+            e2e_times.append(time.perf_counter() - start)
+            flash_times.append(result.duration)
+            assert result.verified
+            # The baseline: the same file, same board, a bare tftpboot (no CRC, no write, no verify).
+            assert board.tftp_root is not None
+            staged = board.tftp_root / "raw.bin"
+            shutil.copyfile(image, staged)
+            flasher._interrupt(10.0)
+            flasher.run("setenv ipaddr 10.0.2.15; setenv serverip 10.0.2.2")
+            start = time.perf_counter()
+            flasher.run("tftpboot 0x40400000 raw.bin")
+            raw_times.append(time.perf_counter() - start)
+            staged.unlink()
+        size = 64
+        t_e2e, t_flash, t_raw = (statistics.median(x) for x in (e2e_times, flash_times, raw_times))
+        print("## uboot-tftp, 64 MiB random image, verification included")
+        print(
+            f"flash {size / t_flash:.1f} MiB/s ({t_flash:.2f}s: TFTP + CRC32 + write + read-back compare), "
+            f"end to end with power-cycle and reset {size / t_e2e:.1f} MiB/s ({t_e2e:.2f}s); "
+            f"bare tftpboot {size / t_raw:.1f} MiB/s ({t_raw:.2f}s)"
+        )
+        print(
+            f"  ratio flash / bare tftpboot throughput: {t_raw / t_flash:.2f}x (end to end {t_raw / t_e2e:.2f}x)"
+        )
+    finally:
+        board.stop()
+
+
+def bench_dfu(rounds: int, work: Path) -> None:
+    import usb.core
+
+    from pytest_jumpstarter_flashers.dfu import DfuFlasher
+    from pytest_jumpstarter_flashers.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
+
+    size = 16 * MIB
+    image = work / "firmware.bin"
+    image.write_bytes(os.urandom(size))
+    device = SimulatedDfuDevice(size=size, transfer_size=4096)
+    ctx = DeviceContext(name="dfu", target="bench", settings=defaults(DfuFlasher), workdir=work)
+    ctx.extra["usb_backend"] = SimulatedDfuBackend(device)
+    flasher = DfuFlasher(ctx)
+    flasher.start()
+    blocks = size // device.transfer_size
+    payload = os.urandom(device.transfer_size)
+
+    def bare() -> None:
+        # The same bytes as bare control transfers (the device discards them: state reset after).
+        dev = usb.core.find(backend=ctx.extra["usb_backend"])
+        for _ in range(blocks):
+            dev.ctrl_transfer(0x21, 1, 0, 0, payload, 5000)
+            device._next_block = 0
+            device.state = 2
+
+    t_bare = median_time(bare, rounds)
+    t_flash = median_time(lambda: flasher.flash(image, verify=False), rounds)
+    t_verified = median_time(lambda: flasher.flash(image), rounds)
+    per_bare = t_bare / blocks * 1e6
+    per_flash = t_flash / blocks * 1e6
+    print(
+        f"## dfu against the software device, {size // MIB} MiB in {blocks} blocks of {device.transfer_size} bytes"
+    )
+    print(
+        f"bare DNLOAD transfers {per_bare:.1f} us/block; full protocol (DNLOAD + GETSTATUS + manifestation) "
+        f"{per_flash:.1f} us/block, i.e. {per_flash - per_bare:.1f} us/block of protocol overhead "
+        f"(ratio {per_flash / per_bare:.2f}x); with upload verification {t_verified / blocks * 1e6:.1f} us/block"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", default="qemu-disk,uboot-tftp,dfu")
+    args = parser.parse_args()
+    chosen = set(args.only.split(","))
+    with tempfile.TemporaryDirectory(prefix="bench-flash-") as tmp:
+        work = Path(tmp)
+        print(
+            f"# pytest-jumpstarter flasher benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)"
+        )
+        if "dfu" in chosen:
+            (work / "dfu").mkdir()
+            bench_dfu(args.rounds, work / "dfu")
+        if "qemu-disk" in chosen:
+            (work / "qd").mkdir()
+            bench_qemu_disk(args.rounds, work / "qd")
+        if "uboot-tftp" in chosen:
+            (work / "ub").mkdir()
+            bench_uboot(max(1, min(args.rounds, 3)), work / "ub")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
