@@ -52,7 +52,7 @@ def make_ext4_image(path: Path, work: Path) -> None:
     tree.mkdir()
     for i in range(24):
         (tree / f"blob{i}.bin").write_bytes(os.urandom(3 * MIB))
-        (tree / f"text{i}.txt").write_text(("line of text %d\n" % i) * 60000)
+        (tree / f"text{i}.txt").write_text(f"line of text {i}\n" * 60000)
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", str(tree), str(path), "256M"],
         check=True,
@@ -99,56 +99,60 @@ def bench_qemu_disk(rounds: int, work: Path) -> None:
         flasher.start()
         print("## qemu-disk vs dd / qemu-img convert, 256 MiB image, board off")
         for label, image in images.items():
-            subprocess.run(["sync"], check=True)
-            dd_out = work / "dd.img"
-            qi_out = work / "qemu-img.img"
-
-            def dd(image: Path = image) -> None:
-                subprocess.run(
-                    ["dd", f"if={image}", f"of={dd_out}", "bs=4M", "conv=fsync", "status=none"], check=True
-                )
-
-            def qemu_img(image: Path = image) -> None:
-                subprocess.run(
-                    ["qemu-img", "convert", "-f", "raw", "-O", "raw", str(image), str(qi_out)], check=True
-                )
-
-            results: list[Any] = []
-
-            def ours(image: Path = image) -> None:
-                results.append(flasher.flash(image))
-
-            def ours_unverified(image: Path = image) -> None:
-                flasher.flash(image, verify=False)
-
-            t_dd = t_qi = t_ours = t_nv = 0.0
-            samples: dict[str, list[float]] = {"dd": [], "qi": [], "ours": [], "nv": []}
-            for _ in range(rounds):  # interleaved, so background load hits all alike
-                for key, fn in (("dd", dd), ("qi", qemu_img), ("ours", ours), ("nv", ours_unverified)):
-                    samples[key].append(median_time(fn, 1))
-            t_dd, t_qi, t_ours, t_nv = (statistics.median(samples[k]) for k in ("dd", "qi", "ours", "nv"))
-            written = results[-1].bytes_written / MIB
-            print(
-                f"{label}: dd {t_dd:.3f}s, qemu-img convert {t_qi:.3f}s, qemu-disk verified {t_ours:.3f}s "
-                f"(wrote {written:.0f} MiB), unverified {t_nv:.3f}s"
-            )
-            print(
-                f"  ratio (baseline time / ours, >1 = faster): vs dd {t_dd / t_ours:.2f}x verified, "
-                f"{t_dd / t_nv:.2f}x unverified; vs qemu-img {t_qi / t_ours:.2f}x verified, "
-                f"{t_qi / t_nv:.2f}x unverified"
-            )
-            dd_out.unlink(missing_ok=True)
-            qi_out.unlink(missing_ok=True)
+            _compare_qemu_disk(label, image, flasher, work, rounds)
     finally:
         board.stop()
+
+
+def _compare_qemu_disk(label: str, image: Path, flasher: Any, work: Path, rounds: int) -> None:
+    dd_out = work / "dd.img"
+    qi_out = work / "qemu-img.img"
+    commands = {
+        "dd": ["dd", f"if={image}", f"of={dd_out}", "bs=4M", "conv=fsync", "status=none"],
+        "qi": ["qemu-img", "convert", "-f", "raw", "-O", "raw", str(image), str(qi_out)],
+    }
+    samples: dict[str, list[float]] = {"dd": [], "qi": [], "ddcmp": [], "ours": [], "nv": []}
+    written = 0
+    subprocess.run(["sync"], check=True)
+    for _ in range(rounds):  # interleaved, so background load hits every contender alike
+        for key, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True)
+            samples[key].append(time.perf_counter() - start)
+        # Flash and verify the classic way: dd, then cmp the copy against the image.
+        start = time.perf_counter()
+        subprocess.run(commands["dd"], check=True)
+        subprocess.run(["cmp", "-s", str(image), str(dd_out)], check=True)
+        samples["ddcmp"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        result = flasher.flash(image)
+        samples["ours"].append(time.perf_counter() - start)
+        written = result.bytes_written
+        start = time.perf_counter()
+        flasher.flash(image, verify=False)
+        samples["nv"].append(time.perf_counter() - start)
+    t_dd, t_qi, t_dc, t_ours, t_nv = (
+        statistics.median(samples[k]) for k in ("dd", "qi", "ddcmp", "ours", "nv")
+    )
+    print(
+        f"{label}: dd {t_dd:.3f}s, qemu-img convert {t_qi:.3f}s, dd + cmp {t_dc:.3f}s; "
+        f"qemu-disk verified {t_ours:.3f}s (wrote {written / MIB:.0f} MiB), unverified {t_nv:.3f}s"
+    )
+    print(
+        f"  ratio (baseline time / ours, >1 = faster): vs dd {t_dd / t_ours:.2f}x verified, "
+        f"{t_dd / t_nv:.2f}x unverified; vs qemu-img {t_qi / t_ours:.2f}x verified, "
+        f"{t_qi / t_nv:.2f}x unverified; verified vs dd + cmp {t_dc / t_ours:.2f}x"
+    )
+    dd_out.unlink(missing_ok=True)
+    qi_out.unlink(missing_ok=True)
 
 
 def bench_uboot(rounds: int, work: Path) -> None:
     from pytest_jumpstarter_flashers.uboot import UBootTftpFlasher
     from pytest_jumpstarter_qemu.board import QemuBoard
-    from pytest_jumpstarter_qemu.images import demo_images
+    from pytest_jumpstarter_qemu.images import Images, images_dir
 
-    uboot = demo_images().uboot_arm64
+    uboot = Images(images_dir()).uboot_arm64
     if not uboot.exists():
         print(f"## uboot-tftp: skipped, {uboot} missing (run scripts/build-images)")
         return
@@ -210,7 +214,8 @@ def bench_uboot(rounds: int, work: Path) -> None:
             f"bare tftpboot {size / t_raw:.1f} MiB/s ({t_raw:.2f}s)"
         )
         print(
-            f"  ratio flash / bare tftpboot throughput: {t_raw / t_flash:.2f}x (end to end {t_raw / t_e2e:.2f}x)"
+            f"  ratio flash / bare tftpboot throughput: {t_raw / t_flash:.2f}x "
+            f"(end to end {t_raw / t_e2e:.2f}x)"
         )
     finally:
         board.stop()
@@ -218,7 +223,6 @@ def bench_uboot(rounds: int, work: Path) -> None:
 
 def bench_dfu(rounds: int, work: Path) -> None:
     import usb.core
-
     from pytest_jumpstarter_flashers.dfu import DfuFlasher
     from pytest_jumpstarter_flashers.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
 
@@ -247,12 +251,14 @@ def bench_dfu(rounds: int, work: Path) -> None:
     per_bare = t_bare / blocks * 1e6
     per_flash = t_flash / blocks * 1e6
     print(
-        f"## dfu against the software device, {size // MIB} MiB in {blocks} blocks of {device.transfer_size} bytes"
+        f"## dfu against the software device, {size // MIB} MiB in {blocks} blocks "
+        f"of {device.transfer_size} bytes"
     )
     print(
         f"bare DNLOAD transfers {per_bare:.1f} us/block; full protocol (DNLOAD + GETSTATUS + manifestation) "
         f"{per_flash:.1f} us/block, i.e. {per_flash - per_bare:.1f} us/block of protocol overhead "
-        f"(ratio {per_flash / per_bare:.2f}x); with upload verification {t_verified / blocks * 1e6:.1f} us/block"
+        f"(ratio {per_flash / per_bare:.2f}x); "
+        f"with upload verification {t_verified / blocks * 1e6:.1f} us/block"
     )
 
 
@@ -267,7 +273,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-flash-") as tmp:
         work = Path(tmp)
         print(
-            f"# pytest-jumpstarter flasher benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)"
+            f"# pytest-jumpstarter flasher benchmark "
+            f"({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)"
         )
         if "dfu" in chosen:
             (work / "dfu").mkdir()

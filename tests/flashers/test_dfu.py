@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from pytest_jumpstarter_flashers.dfu import DfuFlasher
 from pytest_jumpstarter_flashers.dfu_sim import (
+    ABORT,
     DETACH,
     DNLOAD,
+    DNLOAD_IDLE,
     GETSTATUS,
     SimulatedDfuBackend,
     SimulatedDfuDevice,
@@ -187,3 +189,31 @@ def test_simulated_backend_from_the_target_description(tmp_path: Path, image: tu
     assert set(result) == {"a", "b"}
     assert bytes(flasher.simulator.storage[1][: len(data)]) == data
     assert DNLOAD in {r for r, _ in flasher.simulator.requests}
+
+
+def test_poll_timeout_is_honoured_and_a_host_that_ignores_it_is_stalled(
+    tmp_path: Path, image: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = image
+    device = SimulatedDfuDevice(busy_ms=20)
+    flasher = dfu_flasher(tmp_path, device)
+    small = tmp_path / "small.bin"
+    small.write_bytes(os.urandom(3 * 4096))
+    assert flasher.flash(small).verified  # 3 blocks, each waited for
+    import pytest_jumpstarter_flashers.dfu as dfu_module
+
+    monkeypatch.setattr(dfu_module.time, "sleep", lambda seconds: None)  # a host in a hurry
+    with pytest.raises(FlashError, match=r"block 0 .*stalled the request \(pipe error\)"):
+        flasher.flash(path)
+
+
+def test_transfer_left_half_done_is_aborted_before_the_next_flash(
+    tmp_path: Path, image: tuple[Path, bytes]
+) -> None:
+    path, data = image
+    device = SimulatedDfuDevice()
+    flasher = dfu_flasher(tmp_path, device)
+    device.state = DNLOAD_IDLE  # an earlier host died between two blocks
+    assert flasher.flash(path).verified
+    assert (ABORT, 0) in device.requests
+    assert bytes(device.storage[0][: len(data)]) == data
