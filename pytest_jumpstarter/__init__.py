@@ -6,7 +6,7 @@ The public surface is re-exported here; everything else is private to the plugin
 from __future__ import annotations
 
 from .capabilities import FlashResult, HasConsole, Network, Power
-from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport
+from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
 from .driver import DeviceContext, Driver, Transcript
 from .errors import (
     BoardPanic,
@@ -22,7 +22,10 @@ from .errors import (
     TargetError,
     TunnelError,
 )
+from .lifecycle import Target
+from .plugin import device_fixture
 from .settings import Setting
+from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
 
 __all__ = [
     "BoardPanic",
@@ -31,6 +34,7 @@ __all__ = [
     "ConsoleTimeout",
     "DeviceContext",
     "DeviceExited",
+    "DeviceSpec",
     "DeviceStateError",
     "Driver",
     "DriverError",
@@ -43,11 +47,18 @@ __all__ = [
     "Network",
     "Power",
     "Problem",
+    "Redactor",
     "RunResult",
     "SerialTransport",
     "Setting",
     "SocketTransport",
+    "Target",
+    "TargetDescription",
     "TargetError",
     "Transcript",
     "TunnelError",
+    "UBootShell",
+    "device_fixture",
+    "load_target",
+    "load_targets",
 ]

@@ -68,6 +68,8 @@ class SocketTransport:
                 data = self.sock.recv(size)
             except BlockingIOError:
                 return b""
+            except OSError as exc:  # e.g. ECONNRESET from a QEMU that was killed
+                raise EOFError(str(exc)) from exc
         except OSError as exc:
             raise EOFError(str(exc)) from exc
         if not data:
@@ -196,7 +198,10 @@ class Console(SpawnBase):  # type: ignore[misc]
         return len(data)
 
     def sendline(self, s: str | bytes = "") -> int:
-        return self.send(s) + self.send(self.linesep)
+        # One write, not two: the line arrives whole, as a person's Enter would send it.
+        line = s.encode("utf-8") if isinstance(s, str) else s
+        linesep = self.linesep.encode("utf-8") if isinstance(self.linesep, str) else self.linesep
+        return self.send(line + linesep)
 
     def expect_list(
         self,
@@ -340,4 +345,55 @@ class LinuxShell:
             ) from None
         match = console.match
         output = _ANSI.sub("", match.group(1)).replace("\r\n", "\n").rstrip("\n")
+        return RunResult(command, output, int(match.group(2)), time.monotonic() - start)
+
+
+class UBootShell:
+    """Stops U-Boot's autoboot and runs commands at its prompt, finding their output by markers.
+
+    The prompt regex is ``\\r\\n=> ``: a bare ``=> `` also matches crc32's ``==> 9b815e98``.  U-Boot's
+    hush drops empty quotes (``@@B""x`` prints ``@@Bx``), so the markers in the output never equal
+    the echoed command line, and ``$?`` gives the command's status.
+    """
+
+    prompt = r"\r\n=> "
+    autoboot = r"Hit any key to stop autoboot|Press SPACE to abort autoboot|autoboot in \d+ seconds"
+
+    _ids = itertools.count(1)
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def interrupt(self, timeout: float | None = None) -> None:
+        """Wait for the autoboot countdown (or the prompt) and stop at the prompt."""
+        console = self.console
+        timeout = console.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        index = console.expect([self.autoboot, self.prompt], timeout=timeout)
+        if index == 0:
+            # Any key stops the countdown; a space does not start a command line.
+            console.send(" ")
+            console.expect(self.prompt, timeout=max(0.1, deadline - time.monotonic()))
+        self.sync(max(0.1, deadline - time.monotonic()))
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Make sure the prompt is idle and the buffer holds nothing stale (an empty command line)."""
+        token = f"S{next(self._ids)}"
+        self.console.sendline(f'echo @@{token}""@@')
+        self.console.expect(f"@@{token}@@{self.prompt}", timeout=timeout)
+
+    def run(self, command: str, timeout: float | None = None) -> RunResult:
+        console = self.console
+        token = f"{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
+        console.sendline(f'echo @@B""{token}@@; {command}; echo @@E""{token}:$?@@')
+        pattern = re.compile(f"@@B{token}@@\r?\n(.*?)@@E{token}:(-?\\d+)@@{self.prompt}", re.DOTALL)
+        start = time.monotonic()
+        try:
+            console.expect(pattern, timeout=console.timeout if timeout is None else timeout)
+        except ConsoleTimeout as exc:
+            raise ConsoleTimeout(
+                console.device, f"the end of U-Boot command {command!r}", exc.timeout, console.tail()
+            ) from None
+        match = console.match
+        output = match.group(1).replace("\r\n", "\n").rstrip("\n")
         return RunResult(command, output, int(match.group(2)), time.monotonic() - start)

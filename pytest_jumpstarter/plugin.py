@@ -1,1 +1,467 @@
-"""The pytest plugin (placeholder until the plugin core lands)."""
+"""The pytest plugin: options, the ``device`` marker, per-target parametrization and the device fixtures.
+
+Start-up stays cheap when no target is configured: driver packages and target files are only
+loaded when ``--target``, ``JUMPSTARTER_TARGET``, ``jumpstarter_targets`` or ``--jumpstarter-list``
+ask for them.  Everything a run knows lives in ``config.stash[RUN]``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .driver import Driver
+    from .lifecycle import DeviceManager, Target
+    from .target import Redactor, TargetDescription
+
+ENTRY_POINT_GROUP = "pytest_jumpstarter.drivers"
+ENV_VAR = "JUMPSTARTER_TARGET"
+INI_TARGETS = "jumpstarter_targets"
+TARGET_FIXTURE = "_jumpstarter_target"
+HOW_TO_ENABLE = (
+    "needs a target: pass --target=board.yaml, set JUMPSTARTER_TARGET=board.yaml, "
+    "or list files under jumpstarter_targets in the ini file"
+)
+ROLE_ATTRIBUTE = "_jumpstarter_role"
+
+
+@dataclass(eq=False)
+class Run:
+    """What one pytest run (one xdist worker) knows: its targets, drivers and live devices."""
+
+    targets: list[TargetDescription]
+    drivers: Mapping[str, type[Driver]]
+    redact: Redactor
+    manager: DeviceManager | None = None
+    sources: list[str] = field(default_factory=list)
+    previous_sigterm: Any = None
+
+
+RUN = pytest.StashKey[Run]()
+
+
+# --- options, hooks, configuration ------------------------------------------------------------------
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("jumpstarter", "hardware-in-the-loop targets (pytest-jumpstarter)")
+    group.addoption(
+        "--target",
+        action="append",
+        dest="jumpstarter_target",
+        default=[],
+        metavar="FILE",
+        help="target description (YAML or ini); repeat to run each device test once per target. "
+        f"Default: ${ENV_VAR} (paths separated by '{os.pathsep}'), then the {INI_TARGETS} ini option.",
+    )
+    group.addoption(
+        "--jumpstarter-list",
+        action="store_true",
+        dest="jumpstarter_list",
+        help="list the targets, their devices and labels, and which collected tests run on each; run nothing",
+    )
+    group.addoption(
+        "--jumpstarter-logdir",
+        dest="jumpstarter_logdir",
+        metavar="DIR",
+        default=None,
+        help="where per-test console logs go (DIR/<test id>/<device>.log); default: under pytest's basetemp",
+    )
+    parser.addini(
+        INI_TARGETS, "target description files (relative to the ini file)", type="linelist", default=[]
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "device(*roles, **labels): the test needs a target with these device roles and labels "
+        '(a label may list acceptable values: arch=("x86_64", "aarch64")); it runs once per fitting target',
+    )
+    paths = _target_paths(config)
+    if not paths and not config.option.jumpstarter_list:
+        return
+    from .target import Redactor, load_targets
+
+    drivers, notes = _collect_drivers(config)
+    if paths:
+        from .errors import TargetError
+
+        try:
+            targets = load_targets(
+                [p for p, _ in paths], drivers, displays=[d for _, d in paths], driver_notes=notes
+            )
+        except TargetError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    else:
+        targets = []
+    redact = Redactor(v for t in targets for v in t.secret_values)
+    run = Run(targets=targets, drivers=drivers, redact=redact, sources=[d for _, d in paths])
+    config.stash[RUN] = run
+    if targets and threading.current_thread() is threading.main_thread():
+        # A CI cancel sends SIGTERM: turn it into the same orderly teardown as Ctrl-C.
+        run.previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
+    # Later SIGTERMs are ignored while teardown runs; a CI runner that loses patience sends SIGKILL.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN, None)
+    if run is None:
+        return
+    try:
+        if run.manager is not None:
+            for exc in run.manager.stop_all():
+                _warn(config, f"stopping a device failed: {run.redact(str(exc))}")
+    finally:
+        if run.previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, run.previous_sigterm)
+        del config.stash[RUN]
+
+
+def _warn(config: pytest.Config, text: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"jumpstarter: {text}", red=True)
+    else:
+        import sys
+
+        sys.stderr.write(f"jumpstarter: {text}\n")
+
+
+def _target_paths(config: pytest.Config) -> list[tuple[Path, str]]:
+    """The target files asked for, as (path, how the user wrote it): --target, else the env, else ini."""
+    here = config.invocation_params.dir
+    given: list[str] = list(config.option.jumpstarter_target or [])
+    if given:
+        return [(here / g, g) for g in given]
+    env = os.environ.get(ENV_VAR, "")
+    if env.strip():
+        return [(here / g, g) for g in env.split(os.pathsep) if g.strip()]
+    listed = config.getini(INI_TARGETS)
+    if listed:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        return [(base / g, g) for g in listed]
+    return []
+
+
+def _collect_drivers(config: pytest.Config) -> tuple[dict[str, type[Driver]], list[str]]:
+    """Register the driver packages of the entry-point group, then gather every driver class."""
+    from importlib.metadata import entry_points
+
+    from .driver import Driver
+
+    pm = config.pluginmanager
+    notes: list[str] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        name = f"jumpstarter-drivers-{ep.name}"
+        if pm.is_blocked(name) or pm.has_plugin(name):
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:
+            notes.append(
+                f"driver package {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+            )
+            continue
+        if not pm.is_registered(module):
+            pm.register(module, name)
+    drivers: dict[str, type[Driver]] = {}
+    origin: dict[str, str] = {}
+    problems: list[str] = []
+    for impl in reversed(pm.hook.pytest_jumpstarter_add_drivers.get_hookimpls()):
+        where = impl.plugin_name
+        classes = impl.function()
+        if not isinstance(classes, list | tuple):
+            problems.append(f"{where}: pytest_jumpstarter_add_drivers must return a list of Driver classes")
+            continue
+        for cls in classes:
+            label = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)!s}"
+            if not (isinstance(cls, type) and issubclass(cls, Driver)) or not cls.name:
+                problems.append(f"{where}: {label} is not a Driver subclass with a name")
+                continue
+            if cls.name in drivers and drivers[cls.name] is not cls:
+                other = drivers[cls.name]
+                problems.append(
+                    f"driver name {cls.name!r} is provided twice: {other.__module__}.{other.__qualname__} "
+                    f"(from {origin[cls.name]}) and {label} (from {where}); rename one of them"
+                )
+                continue
+            drivers[cls.name] = cls
+            origin[cls.name] = where
+    if problems:
+        raise pytest.UsageError("pytest-jumpstarter driver registration failed:\n  " + "\n  ".join(problems))
+    return drivers, notes
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    run = config.stash.get(RUN, None)
+    if run is None or not run.targets:
+        return None
+    shown = ", ".join(
+        f"{t.name} ({src}, {len(t.devices)} devices)" for t, src in zip(run.targets, run.sources, strict=True)
+    )
+    return [f"jumpstarter targets: {shown}"]
+
+
+# --- which tests need which target ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Needs:
+    roles: tuple[str, ...]
+    labels: Mapping[str, tuple[str, ...]]
+
+    def unmet(self, target: TargetDescription) -> str | None:
+        """Why ``target`` cannot run the test, or None."""
+        missing: list[str] = []
+        for role in self.roles:
+            try:
+                target.resolve(role)
+            except LookupError as exc:
+                missing.append(str(exc))
+        for key, wanted in self.labels.items():
+            have = target.labels.get(key)
+            if have is None:
+                missing.append(f"no label {key!r} (the test needs {key}={_alternatives(wanted)})")
+            elif have not in wanted:
+                missing.append(f"label {key} is {have!r}, the test needs {_alternatives(wanted)}")
+        if not missing:
+            return None
+        return f"target {target.name!r} cannot run this test: " + "; ".join(missing)
+
+
+def _alternatives(values: Sequence[str]) -> str:
+    return " or ".join(repr(v) for v in values)
+
+
+def _label_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _needs(markers: Iterable[pytest.Mark], fixture_roles: Iterable[str]) -> Needs:
+    roles: list[str] = []
+    labels: dict[str, tuple[str, ...]] = {}
+    for mark in markers:
+        for role in mark.args:
+            if not isinstance(role, str):
+                raise pytest.UsageError(f"@pytest.mark.device: expected role names (strings), found {role!r}")
+            if role not in roles:
+                roles.append(role)
+        for key, value in mark.kwargs.items():
+            values = (
+                tuple(_label_text(v) for v in value)
+                if isinstance(value, list | tuple | set)
+                else (_label_text(value),)
+            )
+            # Markers closer to the test come first; a label narrowed twice must fit both.
+            labels[key] = tuple(v for v in labels[key] if v in values) if key in labels else values
+    for role in fixture_roles:
+        if role not in roles:
+            roles.append(role)
+    return Needs(tuple(roles), labels)
+
+
+def _fixture_roles(metafunc: pytest.Metafunc) -> list[str]:
+    """Roles of the device fixtures (made by :func:`device_fixture`) the test uses, directly or not."""
+    # Metafunc has no public view of the fixture definitions; this attribute has been stable for years.
+    defs: Mapping[str, Sequence[Any]] = getattr(metafunc, "_arg2fixturedefs", {})
+    roles = []
+    for name in metafunc.fixturenames:
+        fixturedefs = defs.get(name)
+        if fixturedefs:
+            role = getattr(fixturedefs[-1].func, ROLE_ATTRIBUTE, None)
+            if role is not None:
+                roles.append(role)
+    return roles
+
+
+def _is_device_test(markers: Sequence[pytest.Mark], fixturenames: Iterable[str]) -> bool:
+    return bool(markers) or "target" in fixturenames
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    run = metafunc.config.stash.get(RUN, None)
+    if run is None or not run.targets:
+        return
+    markers = list(metafunc.definition.iter_markers("device"))
+    if not _is_device_test(markers, metafunc.fixturenames):
+        return
+    needs = _needs(markers, _fixture_roles(metafunc))
+    params = []
+    for target in run.targets:
+        reason = needs.unmet(target)
+        marks = (pytest.mark.skip(reason=reason),) if reason else ()
+        params.append(pytest.param(target.name, id=target.name, marks=marks))
+    metafunc.parametrize(TARGET_FIXTURE, params, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run = config.stash.get(RUN, None)
+    if run is not None and run.targets:
+        return
+    skip = pytest.mark.skip(reason=HOW_TO_ENABLE)
+    for item in items:
+        if item.get_closest_marker("device") is not None or "target" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    if not session.config.option.jumpstarter_list:
+        return None
+    run = session.config.stash.get(RUN, None)
+    from .listing import render
+
+    text = render(run.targets if run else [], run.sources if run else [], session.items)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    out = run.redact(text) if run else text
+    if reporter is not None:
+        reporter.write_line("")
+        for line in out.splitlines():
+            reporter.write_line(line)
+    else:
+        print(out)
+    return True
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if config.option.jumpstarter_list and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
+    run = config.stash.get(RUN, None)
+    if run is not None and run.manager is not None:
+        for exc in run.manager.stop_all():
+            _warn(config, f"stopping a device failed: {run.redact(str(exc))}")
+
+
+# --- reports: console transcripts, cold boots, secrets -----------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    run = item.config.stash.get(RUN, None)
+    if run is not None and run.manager is not None:
+        for device, text in run.manager.transcripts(item, final=call.when == "teardown"):
+            item.add_report_section(call.when, f"console {device}", text)
+    report = yield
+    if run is None:
+        return report
+    if call.when == "setup" and call.excinfo is not None:
+        from .errors import JumpstarterError
+
+        if isinstance(call.excinfo.value, JumpstarterError):
+            # A device that would not start: its message says it all; the plugin's frames say nothing.
+            report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+    if run.redact:
+        report.sections = [(name, run.redact(content)) for name, content in report.sections]
+        if report.longrepr is not None:
+            text = str(report.longrepr)
+            if run.redact(text) != text:
+                report.longrepr = run.redact(text)
+    return report
+
+
+# --- fixtures -------------------------------------------------------------------------------------------
+
+
+def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceManager:
+    run = config.stash[RUN]
+    if run.manager is None:
+        from .lifecycle import DeviceManager
+
+        logdir = config.option.jumpstarter_logdir
+
+        def make_logdir() -> Path:
+            if logdir:
+                return Path(logdir).resolve()
+            factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+            return factory.getbasetemp() / "jumpstarter-logs"
+
+        worker = getattr(config, "workerinput", {}).get("workerid")
+        run.manager = DeviceManager(
+            run.targets, config.hook, run.redact, make_logdir, extra={"worker": worker} if worker else None
+        )
+    return run.manager
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _jumpstarter_target(request: pytest.FixtureRequest) -> TargetDescription | None:
+    """The target of the current device test (parametrized per target), None for other tests."""
+    name = getattr(request, "param", None)
+    if name is None:
+        return None
+    manager = _manager(request.config, request)
+    manager.activate(name)
+    return manager.targets[name]
+
+
+@pytest.fixture(scope="module")
+def _jumpstarter_module(request: pytest.FixtureRequest) -> Generator[None]:
+    yield
+    run = request.config.stash.get(RUN, None)
+    if run is not None and run.manager is not None:
+        run.manager.end_module()
+
+
+@pytest.fixture
+def target(
+    request: pytest.FixtureRequest, _jumpstarter_target: TargetDescription | None, _jumpstarter_module: None
+) -> Generator[Target]:
+    """The target this test runs on; ``target.device(role)`` starts a device for the test."""
+    if _jumpstarter_target is None:
+        pytest.skip(HOW_TO_ENABLE)
+    from .lifecycle import Target
+
+    manager = _manager(request.config, request)
+    item = request.node
+    assert isinstance(item, pytest.Item)
+    try:
+        yield Target(_jumpstarter_target, manager, item)
+    finally:
+        manager.finish_test(item)
+
+
+def device_fixture(role: str, *, name: str | None = None, doc: str | None = None) -> Any:
+    """A fixture giving the device that serves ``role`` on the current target, started for the test.
+
+    The built-in ``console``, ``qemu_vm``, ``flasher`` and ``net_tunnel`` fixtures are made by it; a
+    driver package makes its own the same way: ``my_probe = device_fixture("my_probe")``.  A test
+    using such a fixture is a device test (as if marked ``@pytest.mark.device(role)``).
+    """
+
+    def fixture(target: Target) -> Any:
+        __tracebackhide__ = True
+        return target.device(role)
+
+    fixture.__name__ = name or role
+    fixture.__doc__ = doc or f"The device serving role {role!r} on the current target, started for this test."
+    setattr(fixture, ROLE_ATTRIBUTE, role)
+    return pytest.fixture(name=name or role)(fixture)
+
+
+console = device_fixture("console", doc="The console device (e.g. driver serial) of the current target.")
+qemu_vm = device_fixture("qemu_vm", doc="The QEMU board (driver qemu) of the current target.")
+flasher = device_fixture("flasher", doc="The flasher device of the current target.")
+net_tunnel = device_fixture("net_tunnel", doc="The network tunnel device of the current target.")

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The two commands a new user needs, on a fresh Debian machine as root:
+#
+#   ./bootstrap.sh examples   install everything, build the demo boards, run the example HIL tests
+#   ./bootstrap.sh test       install everything, build the demo boards, run lint and the test suite
+#
+# Extra arguments are passed to pytest.  Everything it installs is idempotent: a second run only runs tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+mode=${1:-}
+case "$mode" in
+  examples|test) shift ;;
+  *) echo "usage: $0 examples|test [pytest args...]" >&2; exit 2 ;;
+esac
+
+# Debian packages: QEMU under TCG, Debian's U-Boot builds, BusyBox for the initramfs, socat for pty pairs,
+# iproute2 for network namespaces, cpio/xz/zstd for images.
+apt_packages=(qemu-system-x86 qemu-system-arm qemu-utils u-boot-qemu busybox-static socat cpio iproute2
+              xz-utils zstd kmod ca-certificates)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "== installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The package and its test tools, in a venv of its own so the system Python stays untouched.
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import pytest_jumpstarter, xdist, pytest_timeout, ruff, mypy" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "== installing pytest-jumpstarter into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint]'
+  touch .venv/.installed
+fi
+
+# The demo boards (kernel, BusyBox initramfs, U-Boot), built from Debian's packages into a cache folder.
+echo "== building demo board images"
+scripts/build-images
+
+export JUMPSTARTER_REQUIRE_IMAGES=1
+if [ "$mode" = examples ]; then
+  echo "== running the example HIL tests against the built-in QEMU board"
+  exec .venv/bin/python -m pytest conftest_examples --target=conftest_examples/qemu-x86_64.yaml -v "$@"
+fi
+
+echo "== lint"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+echo "== test suite"
+exec .venv/bin/python -m pytest tests "$@"

@@ -1,0 +1,129 @@
+"""Driver ``serial``: a console reached through ``serial.serial_for_url``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, ClassVar
+
+from pytest_jumpstarter.console import Console, SerialTransport
+from pytest_jumpstarter.driver import Driver
+from pytest_jumpstarter.errors import DriverError
+from pytest_jumpstarter.settings import Setting
+
+
+class SerialConsole(Driver):
+    """A serial console: ``console.sendline``/``console.expect`` on a pyserial URL.
+
+    ``url`` is anything pyserial opens: ``socket://host:port`` (a TCP serial server, a QEMU TCP
+    chardev), ``rfc2217://host:port``, ``loop://`` (echoes what is written), or a tty path.
+    """
+
+    name = "serial"
+    role = "console"
+    settings: ClassVar[dict[str, Setting]] = {
+        "url": Setting("str", doc="pyserial URL or tty path, e.g. socket://127.0.0.1:4000 or /dev/ttyUSB0"),
+        "baudrate": Setting("int", 115200, doc="line speed (ignored by socket:// and loop://)"),
+        "timeout": Setting("duration", 30.0, doc="default deadline of console.expect"),
+        "open_timeout": Setting(
+            "duration",
+            10.0,
+            doc="how long to keep trying to open the port (a tty appearing, a server starting)",
+        ),
+    }
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self._console: Console | None = None
+
+    @classmethod
+    def check(cls, settings: Any) -> list[tuple[str, str]]:
+        problems = []
+        if settings["baudrate"] <= 0:
+            problems.append(("baudrate", f"expected a positive line speed, found {settings['baudrate']}"))
+        return problems
+
+    @property
+    def console(self) -> Console:
+        """The started console (pexpect-compatible)."""
+        self.require_started("console")
+        assert self._console is not None
+        return self._console
+
+    @property
+    def url(self) -> str:
+        return str(self.ctx.settings["url"])
+
+    def start(self) -> None:
+        if self.started:
+            return
+        port = self._open()
+        self._console = Console(
+            SerialTransport(port),
+            device=self.device_name,
+            timeout=self.ctx.settings["timeout"],
+            logfile_read=self.ctx.transcript,
+        )
+        self.started = True
+
+    def _open(self) -> Any:
+        import serial
+
+        settings = self.ctx.settings
+        open_timeout = float(settings["open_timeout"])
+        deadline = time.monotonic() + open_timeout
+        waiter = threading.Event()
+        last: Exception | None = None
+        while True:
+            try:
+                return _open_keeping_input(
+                    serial.serial_for_url(
+                        self.url, baudrate=settings["baudrate"], timeout=0, do_not_open=True
+                    )
+                )
+            except (serial.SerialException, OSError, ValueError) as exc:
+                last = exc
+            if isinstance(last, ValueError) or time.monotonic() >= deadline:
+                break
+            # Nothing signals that a tty node appears or a TCP server starts listening: poll for it.
+            waiter.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        shown = self.ctx.redact(self.url)
+        raise DriverError(
+            self.device_name,
+            f"cannot open serial port {shown!r} (target {self.ctx.target}, {self.ctx.source}) "
+            f"within open_timeout={open_timeout:g}s: {self.ctx.redact(str(last))}; "
+            "check that the port exists or the server listens, or raise open_timeout",
+        )
+
+    def stop(self) -> None:
+        console, self._console = self._console, None
+        self.started = False
+        if console is not None:
+            console.close()
+
+    def reset(self, mode: str) -> str | None:
+        # A serial line has no state of its own to restore; the board behind it might, but that
+        # is another device's job.  Reopening (the plugin's fallback) clears our buffers.
+        return f"a serial console cannot {mode}; it is reopened instead"
+
+    def __getattr__(self, name: str) -> Any:
+        # The console fixture is this device; let tests write console.expect(...) as with pexpect.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.console, name)
+
+
+def _open_keeping_input(port: Any) -> Any:
+    """Open a pyserial port without the input flush pyserial does in ``open()``.
+
+    pyserial discards whatever arrived before ``open()`` returned; a board that prints its banner
+    the moment we connect (a socket:// console server, a bootloader) would lose its first bytes,
+    which a test may need to see ("Hit any key to stop autoboot").
+    """
+    flush = port.reset_input_buffer
+    port.reset_input_buffer = lambda: None
+    try:
+        port.open()
+    finally:
+        port.reset_input_buffer = flush
+    return port

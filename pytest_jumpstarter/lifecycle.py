@@ -1,0 +1,336 @@
+"""Device lifecycle: start devices lazily in dependency order, keep them per scope, reset, tear down.
+
+One :class:`DeviceManager` per pytest run (per xdist worker), kept in ``config.stash``.  A device
+is started the first time a test asks for it (its referred devices first), handed to later tests
+per its scope (after a reset, or a cold boot when the driver cannot reset), and stopped in the
+reverse order of starting: after its last test, when the run switches target, and, as a last
+resort, when the run ends, whether it ended normally, by a failure, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .driver import DeviceContext, Driver, Transcript
+from .target import DeviceSpec, Redactor, TargetDescription
+
+if TYPE_CHECKING:
+    import pluggy
+
+log = logging.getLogger("pytest_jumpstarter")
+
+
+@dataclass(eq=False)
+class LiveDevice:
+    """A started (or starting) device and what the manager knows about it."""
+
+    target: TargetDescription
+    spec: DeviceSpec
+    driver: Driver
+    workdir: Path
+    seq: int
+    uses: int = 0
+    last_item: pytest.Item | None = None
+
+    @property
+    def transcript(self) -> Transcript:
+        return self.driver.ctx.transcript
+
+
+@dataclass(eq=False)
+class ItemDevices:
+    """The devices one test used, in the order it got them."""
+
+    log_dir: Path | None
+    devices: list[LiveDevice] = field(default_factory=list)
+
+
+ITEM_DEVICES = pytest.StashKey[ItemDevices]()
+
+
+class DeviceManager:
+    """Owns every live device of one run."""
+
+    def __init__(
+        self,
+        targets: Sequence[TargetDescription],
+        hook: pluggy.HookRelay,
+        redact: Redactor,
+        logdir: Callable[[], Path],
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.targets = {t.name: t for t in targets}
+        self.hook = hook
+        self.redact = redact
+        self._logdir_factory = logdir
+        self._logdir: Path | None = None
+        self._extra = dict(extra or {})
+        self.live: dict[tuple[str, str], LiveDevice] = {}
+        self.active: str | None = None
+        self._seq = 0
+        self._root: Path | None = None
+
+    # --- scopes --------------------------------------------------------------------------------
+
+    def activate(self, target: str | None) -> None:
+        """The run moves on to tests of ``target``: devices of any other target are stopped."""
+        if target is None or target == self.active:
+            return
+        self.active = target
+        others = [d for d in self.live.values() if d.target.name != target]
+        self._stop_many(others, item=None)
+
+    def end_module(self) -> None:
+        """A test module ended: stop the module-scoped devices."""
+        self._stop_many([d for d in self.live.values() if d.spec.scope == "module"], item=None)
+
+    def finish_test(self, item: pytest.Item) -> None:
+        """A test ended (passed, failed or interrupted): stop its test-scoped devices."""
+        used = item.stash.get(ITEM_DEVICES, None)
+        if used is None:
+            return
+        self._stop_many([d for d in used.devices if d.spec.scope == "test" and self._is_live(d)], item)
+
+    def stop_all(self) -> list[BaseException]:
+        """Stop everything still running, newest first; return the errors instead of raising."""
+        errors: list[BaseException] = []
+        for device in sorted(self.live.values(), key=lambda d: -d.seq):
+            try:
+                self._stop(device, device.last_item)
+            except Exception as exc:
+                errors.append(exc)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+        return errors
+
+    # --- getting devices -----------------------------------------------------------------------
+
+    def acquire(self, item: pytest.Item, target: TargetDescription, name: str) -> Driver:
+        """The started device ``name`` of ``target`` for ``item``: started (refs first) or reset as needed."""
+        __tracebackhide__ = True
+        used = item.stash.get(ITEM_DEVICES, None)
+        if used is None:
+            used = ItemDevices(self._item_log_dir(item))
+            item.stash[ITEM_DEVICES] = used
+        for current in target.start_order(name):
+            device = self.live.get((target.name, current))
+            if device is not None and device in used.devices:
+                continue
+            if device is None:
+                device = self._start(target, target.devices[current], item, used)
+            elif device.uses > 0 and device.spec.reset != "none":
+                self._begin(device, used)
+                try:
+                    self._reset(device, item)
+                except BaseException:
+                    # A device that failed to reset is in no known state: the next test gets a fresh one.
+                    self._stop_many([device, *self._dependents(device)], item)
+                    raise
+            else:
+                self._begin(device, used)
+            device.uses += 1
+            device.last_item = item
+        return self.live[(target.name, name)].driver
+
+    def _begin(self, device: LiveDevice, used: ItemDevices) -> None:
+        used.devices.append(device)
+        log_path = used.log_dir / f"{_safe(device.spec.name)}.log" if used.log_dir is not None else None
+        device.transcript.begin(log_path)
+
+    def _start(
+        self, target: TargetDescription, spec: DeviceSpec, item: pytest.Item | None, used: ItemDevices | None
+    ) -> LiveDevice:
+        __tracebackhide__ = True
+        root = self._workroot()
+        workdir = Path(tempfile.mkdtemp(prefix=f"{_safe(target.name)}-{_safe(spec.name)}-", dir=root))
+        ctx = DeviceContext(
+            name=spec.name,
+            target=target.name,
+            settings=spec.settings,
+            source=str(target.source),
+            refs={key: self.live[(target.name, ref)].driver for key, ref in spec.refs.items()},
+            workdir=workdir,
+            transcript=Transcript(self.redact),
+            redact=self.redact,
+            progress=self._progress(spec.name),
+            extra=dict(self._extra),
+        )
+        try:
+            driver = spec.driver(ctx)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        self._seq += 1
+        device = LiveDevice(target, spec, driver, workdir, self._seq)
+        # Registered before start() so that an interrupted or failed start is still stopped.
+        self.live[(target.name, spec.name)] = device
+        if used is not None:
+            self._begin(device, used)
+        try:
+            driver.start()
+        except BaseException:
+            self._stop(device, item, notify=False)
+            raise
+        self.hook.pytest_jumpstarter_device_ready(device=driver, item=item)
+        return device
+
+    def _progress(self, name: str) -> Callable[[str], None]:
+        def progress(text: str) -> None:
+            log.info("%s: %s", name, self.redact(text))
+
+        return progress
+
+    def _reset(self, device: LiveDevice, item: pytest.Item) -> None:
+        __tracebackhide__ = True
+        driver = device.driver
+        reason = driver.reset(device.spec.reset)
+        if reason is not None:
+            # The driver cannot make the device pristine in place: a cold boot can, at its price.
+            note = f"{device.spec.name} cold boot because {self.redact(reason)}"
+            log.info("%s", note)
+            item.add_report_section("setup", "jumpstarter", note)
+            self.hook.pytest_jumpstarter_device_teardown(device=driver, item=item)
+            driver.stop()
+            driver.start()
+        self.hook.pytest_jumpstarter_device_ready(device=driver, item=item)
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    def _dependents(self, device: LiveDevice) -> list[LiveDevice]:
+        """Live devices of the same target that refer to ``device``, directly or not."""
+        found: list[LiveDevice] = []
+        names = {device.spec.name}
+        for other in sorted(self.live.values(), key=lambda d: d.seq):
+            if other.target is device.target and names & set(other.spec.refs.values()):
+                names.add(other.spec.name)
+                found.append(other)
+        return found
+
+    def _is_live(self, device: LiveDevice) -> bool:
+        return self.live.get((device.target.name, device.spec.name)) is device
+
+    def _stop_many(self, devices: Sequence[LiveDevice], item: pytest.Item | None) -> None:
+        """Stop ``devices`` newest first, every one even if some fail; then raise the first error."""
+        __tracebackhide__ = True
+        first: BaseException | None = None
+        for device in sorted(devices, key=lambda d: -d.seq):
+            try:
+                self._stop(device, item or device.last_item)
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def _stop(self, device: LiveDevice, item: pytest.Item | None, notify: bool = True) -> None:
+        __tracebackhide__ = True
+        if not self._is_live(device):
+            return
+        try:
+            if notify:
+                self.hook.pytest_jumpstarter_device_teardown(device=device.driver, item=item)
+        finally:
+            try:
+                device.driver.stop()
+            finally:
+                del self.live[(device.target.name, device.spec.name)]
+                shutil.rmtree(device.workdir, ignore_errors=True)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def _workroot(self) -> Path:
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-"))
+        return self._root
+
+    def logdir(self) -> Path:
+        if self._logdir is None:
+            self._logdir = self._logdir_factory()
+        return self._logdir
+
+    def _item_log_dir(self, item: pytest.Item) -> Path | None:
+        return self.logdir() / _safe(item.nodeid)
+
+    def transcripts(self, item: pytest.Item, final: bool) -> Iterator[tuple[str, str]]:
+        """End each device's transcript section for ``item``: yields ``(device, text)``.
+
+        Unless ``final``, a new section continues in the same log file (the next test phase).
+        """
+        used = item.stash.get(ITEM_DEVICES, None)
+        if used is None:
+            return
+        for device in used.devices:
+            text = device.transcript.end()
+            if not final and self._is_live(device):
+                log_path = used.log_dir / f"{_safe(device.spec.name)}.log" if used.log_dir else None
+                device.transcript.begin(log_path)
+            elif self._is_live(device):
+                # Between tests a kept device's output goes to its own log file.
+                device.transcript.begin(
+                    self.logdir() / "devices" / f"{_safe(device.target.name)}-{_safe(device.spec.name)}.log"
+                )
+            if text:
+                yield device.spec.name, text
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def _safe(text: str) -> str:
+    """A file name from a node id or device name: no separators, no brackets, bounded length."""
+    cleaned = _UNSAFE.sub("_", text).strip("_.") or "_"
+    return cleaned[-150:]
+
+
+class Target:
+    """The target a test runs on (the ``target`` fixture): its name, labels and devices.
+
+    ``target.device(role)`` returns that device, started (or reset) for this test.
+    """
+
+    def __init__(self, description: TargetDescription, manager: DeviceManager, item: pytest.Item) -> None:
+        self.description = description
+        self._manager = manager
+        self._item = item
+
+    @property
+    def name(self) -> str:
+        return self.description.name
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.description.labels
+
+    @property
+    def devices(self) -> Mapping[str, DeviceSpec]:
+        """The devices this target describes, by name (not started: use :meth:`device`)."""
+        return self.description.devices
+
+    def has(self, role: str) -> bool:
+        """Whether some device serves ``role`` (or is named so)."""
+        try:
+            self.description.resolve(role)
+        except LookupError:
+            return False
+        return True
+
+    def device(self, role: str) -> Any:
+        """The device named ``role``, or the one device serving ``role``, started for this test."""
+        __tracebackhide__ = True
+        try:
+            name = self.description.resolve(role)
+        except LookupError as exc:
+            raise LookupError(f"target {self.name!r} ({self.description.source}): {exc}") from None
+        return self._manager.acquire(self._item, self.description, name)
+
+    def __repr__(self) -> str:
+        return f"<Target {self.name} devices={list(self.devices)}>"

@@ -1,0 +1,279 @@
+"""Choosing targets (option, env, ini), ids per target, marker needs, skip reasons, listing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from core_support import events, write
+
+BOARD_A = """
+name: board-a
+labels: {arch: x86_64, lab: north}
+devices:
+  rec: {driver: rec}
+"""
+BOARD_B = """
+name: board-b
+labels: {arch: aarch64}
+devices:
+  rec: {driver: rec}
+  other: {driver: other}
+"""
+TESTS = """
+import pytest
+
+def test_plain():
+    pass
+
+def test_uses_rec(rec):
+    assert rec.started
+
+@pytest.mark.device("other")
+def test_needs_other():
+    pass
+
+@pytest.mark.device(arch="aarch64")
+def test_arm_only():
+    pass
+
+@pytest.mark.device(arch=("x86_64", "riscv64"))
+def test_x86_or_riscv():
+    pass
+"""
+
+
+@pytest.fixture
+def boards(rec_pytester: pytest.Pytester) -> pytest.Pytester:
+    write(rec_pytester, "boards/a.yaml", BOARD_A)
+    write(rec_pytester, "boards/b.yaml", BOARD_B)
+    rec_pytester.makepyfile(test_boards=TESTS)
+    return rec_pytester
+
+
+def test_target_option_puts_the_target_name_in_device_test_ids(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "-v")
+    result.stdout.fnmatch_lines(
+        [
+            "*test_plain PASSED*",
+            "*test_uses_rec[[]board-a[]] PASSED*",
+            "*test_needs_other[[]board-a[]] SKIPPED*",
+            "*test_arm_only[[]board-a[]] SKIPPED*",
+            "*test_x86_or_riscv[[]board-a[]] PASSED*",
+        ]
+    )
+    assert result.ret == 0
+
+
+def test_repeated_target_runs_each_device_test_once_per_target(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "-v")
+    result.assert_outcomes(passed=6, skipped=3)
+    result.stdout.fnmatch_lines(["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"])
+    result.stdout.fnmatch_lines(["*test_needs_other[[]board-b[]] PASSED*", "*test_arm_only[[]board-b[]] PASSED*"])
+
+
+def test_k_selects_one_board(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "-v", "-k", "board-b")
+    result.assert_outcomes(passed=3, skipped=1, deselected=5)
+    assert "board-a" not in "".join(l for l in result.outlines if "PASSED" in l)
+
+
+def test_env_var_holds_several_paths(boards: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUMPSTARTER_TARGET", os.pathsep.join(["boards/a.yaml", "boards/b.yaml"]))
+    result = boards.runpytest("-v")
+    result.stdout.fnmatch_lines(["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"])
+
+
+def test_command_line_wins_over_the_env_var(boards: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUMPSTARTER_TARGET", "boards/b.yaml")
+    result = boards.runpytest("-v", "--target=boards/a.yaml")
+    result.stdout.fnmatch_lines(["*test_uses_rec[[]board-a[]] PASSED*"])
+    assert "board-b" not in result.stdout.str()
+
+
+def test_ini_option_lists_targets_relative_to_the_ini_file(boards: pytest.Pytester) -> None:
+    boards.makeini("[pytest]\njumpstarter_targets =\n    boards/a.yaml\n    boards/b.yaml\n")
+    sub = boards.mkdir("sub")
+    result = boards.runpytest("-v", f"--rootdir={boards.path}", "-c", str(boards.path / "tox.ini"), str(sub.parent))
+    result.stdout.fnmatch_lines(["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"])
+
+
+def test_without_target_device_tests_skip_saying_how_to_enable_them(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=4)
+    result.stdout.fnmatch_lines(["*needs a target: pass --target=board.yaml, set JUMPSTARTER_TARGET*jumpstarter_targets*"])
+    assert "[board-a]" not in result.stdout.str()
+    assert events(boards) == []
+
+
+def test_unmet_role_skips_for_that_target_naming_what_is_missing(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "-rs")
+    result.stdout.fnmatch_lines(
+        [
+            "*target 'board-a' cannot run this test: no device with role 'other' (it has: rec)*",
+            "*target 'board-a' cannot run this test: label arch is 'x86_64', the test needs 'aarch64'*",
+            "*target 'board-b' cannot run this test: label arch is 'aarch64', the test needs 'x86_64' or 'riscv64'*",
+        ]
+    )
+
+
+def test_missing_label_is_named_in_the_skip_reason(rec_pytester: pytest.Pytester) -> None:
+    write(rec_pytester, "a.yaml", BOARD_A)
+    rec_pytester.makepyfile("import pytest\n@pytest.mark.device(usb=True)\ndef test_x(): pass\n")
+    result = rec_pytester.runpytest("--target=a.yaml", "-rs")
+    result.stdout.fnmatch_lines(["*no label 'usb' (the test needs usb='true')*"])
+
+
+def test_fixture_without_marker_counts_as_marked(boards: pytest.Pytester) -> None:
+    boards.makepyfile(
+        test_indirect="""
+        import pytest
+
+        @pytest.fixture
+        def booted(other):
+            return other
+
+        def test_through_a_fixture(booted):
+            assert booted.started
+        """
+    )
+    result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "-rs", "test_indirect.py")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*board-a*no device with role 'other'*"])
+
+
+def test_device_marker_is_registered_for_strict_markers(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--strict-markers", "--target=boards/a.yaml")
+    assert result.ret == 0
+    result = boards.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.device(*roles, **labels)*"])
+
+
+def test_jumpstarter_list_shows_targets_devices_and_tests_without_starting_anything(
+    boards: pytest.Pytester,
+) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "--jumpstarter-list")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "jumpstarter targets (2):",
+            "target board-a  (boards/a.yaml)",
+            "  labels: arch=x86_64, lab=north",
+            "  devices (1):",
+            "    rec: driver rec, role rec, scope test, reset none",
+            "  tests that run here (2):",
+            "    test_boards.py::test_uses_rec[[]board-a[]]",
+            "    test_boards.py::test_x86_or_riscv[[]board-a[]]",
+            "  tests skipped here (2):",
+            "*test_needs_other[[]board-a[]]: target 'board-a' cannot run this test: no device with role 'other'*",
+            "*",
+            "target board-b  (boards/b.yaml)",
+            "*",
+            "tests that use no device: 1",
+        ]
+    )
+    assert "passed" not in result.stdout.str()
+    assert events(boards) == []
+
+
+def test_jumpstarter_list_without_targets_says_how_to_add_one(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--jumpstarter-list")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["jumpstarter: no targets configured (pass --target=board.yaml*"])
+
+
+def test_report_header_names_the_targets_in_collect_only(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "--collect-only", "-q", "-p", "no:randomly")
+    result = boards.runpytest("--target=boards/a.yaml", "--collect-only")
+    result.stdout.fnmatch_lines(["jumpstarter targets: board-a (boards/a.yaml, 1 devices)"])
+    result.stdout.fnmatch_lines(["*<Function test_uses_rec[[]board-a[]]>*"])
+
+
+def test_tests_without_devices_are_not_parametrized(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "--collect-only", "-q")
+    assert "test_boards.py::test_plain\n" in result.stdout.str() + "\n"
+    assert "test_plain[" not in result.stdout.str()
+
+
+def test_disabling_the_plugin_turns_everything_off(boards: pytest.Pytester) -> None:
+    boards.makepyfile(test_boards="def test_plain():\n    pass\n")
+    (boards.path / "conftest.py").unlink()  # its hook implementations would be unknown hooks
+    result = boards.runpytest("-p", "no:jumpstarter", "--target=boards/a.yaml")
+    assert result.ret == 4  # --target is not an option any more
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --target*"])
+    result = boards.runpytest("-p", "no:jumpstarter")
+    result.assert_outcomes(passed=1)
+    assert "jumpstarter" not in result.stdout.str()
+
+
+def test_third_party_driver_and_fixture_from_a_conftest(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+        from pytest_jumpstarter import Driver, Setting, device_fixture
+
+        class Probe(Driver):
+            name = "probe"
+            role = "probe"
+            settings = {"channel": Setting("int", 1)}
+
+        @pytest.hookimpl
+        def pytest_jumpstarter_add_drivers():
+            return [Probe]
+
+        probe = device_fixture("probe")
+        """
+    )
+    write(pytester, "t.yaml", "name: lab\ndevices:\n  my_probe: {driver: probe, channel: 3}\n")
+    pytester.makepyfile(
+        """
+        def test_probe(probe, target):
+            assert probe.ctx.settings["channel"] == 3
+            assert target.device("my_probe") is probe
+            assert target.name == "lab"
+        """
+    )
+    result = pytester.runpytest("--target=t.yaml", "-v")
+    result.stdout.fnmatch_lines(["*test_probe[[]lab[]] PASSED*"])
+
+
+def test_two_drivers_with_one_name_is_an_error_naming_both(rec_pytester: pytest.Pytester) -> None:
+    write(
+        rec_pytester,
+        "more_drivers.py",
+        "import pytest\nfrom pytest_jumpstarter import Driver\n"
+        "class Rec2(Driver):\n    name = 'rec'\n"
+        "@pytest.hookimpl\ndef pytest_jumpstarter_add_drivers():\n    return [Rec2]\n",
+    )
+    write(rec_pytester, "a.yaml", BOARD_A)
+    rec_pytester.syspathinsert()
+    result = rec_pytester.runpytest("-p", "more_drivers", "--target=a.yaml")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(
+        ["*driver name 'rec' is provided twice: *conftest.Rec (from *) and more_drivers.Rec2 (from *more_drivers*)*"]
+    )
+
+
+def test_role_served_by_a_differently_named_device(rec_pytester: pytest.Pytester) -> None:
+    write(rec_pytester, "t.yaml", "name: t\ndevices:\n  main_board: {driver: rec}\n  aux: {driver: other, role: helper}\n")
+    rec_pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.device("helper")
+        def test_roles(rec, target):
+            assert rec.ctx.name == "main_board"
+            assert target.device("helper").ctx.name == "aux"
+            assert target.has("rec") and not target.has("flasher")
+            with pytest.raises(LookupError, match="no device with role 'flasher'"):
+                target.device("flasher")
+        """
+    )
+    result = rec_pytester.runpytest("--target=t.yaml")
+    result.assert_outcomes(passed=1)
+
+
+def test_ambiguous_role_skips_with_a_reason(rec_pytester: pytest.Pytester) -> None:
+    write(rec_pytester, "t.yaml", "name: t\ndevices:\n  one: {driver: rec}\n  two: {driver: rec}\n")
+    rec_pytester.makepyfile("def test_x(rec): pass\n")
+    result = rec_pytester.runpytest("--target=t.yaml", "-rs")
+    result.stdout.fnmatch_lines(["*role 'rec' is served by several devices (one, two)*"])

@@ -1,0 +1,71 @@
+"""The arm64 U-Boot board: stopped at its prompt, commands with status, TFTP in, a virtio disk out."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import pytest
+from pytest_jumpstarter_qemu import QemuBoard
+from pytest_jumpstarter_qemu.images import UBOOT_ARM64, Images, require_images
+from qemu_board_helpers import board_from, qemu_pids, uboot_settings
+
+from pytest_jumpstarter.console import UBootShell
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(scope="module")
+def uboot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuBoard]:
+    images: Images = require_images(UBOOT_ARM64)
+    board = board_from(
+        uboot_settings(images, disks={"flash": "1M"}, network={"tftp": True}, boot_timeout="30s"),
+        tmp_path_factory.mktemp("uboot"),
+    )
+    board.start()
+    yield board
+    pid = board._proc.pid if board._proc else None
+    board.stop()
+    assert pid not in qemu_pids()
+
+
+def test_board_is_ready_at_the_uboot_prompt(uboot: QemuBoard) -> None:
+    assert isinstance(uboot.console.shell, UBootShell)
+    result = uboot.console.run("version")
+    assert result.ok
+    assert result.output.startswith("U-Boot 20")
+
+
+def test_command_status_comes_back(uboot: QemuBoard) -> None:
+    assert uboot.uboot.run("false").status == 1
+    assert uboot.uboot.run("true").status == 0
+
+
+def test_crc32_output_is_not_mistaken_for_the_prompt(uboot: QemuBoard) -> None:
+    result = uboot.console.run("crc32 0x40000000 0x100; echo after")
+    assert "==> " in result.output
+    assert result.output.endswith("after")
+
+
+def test_tftpboot_from_the_tftp_root_arrives_intact(uboot: QemuBoard) -> None:
+    assert uboot.tftp_root is not None
+    payload = bytes(range(256)) * 1024
+    (uboot.tftp_root / "payload.bin").write_bytes(payload)
+    result = uboot.console.run(
+        "setenv ipaddr 10.0.2.15; setenv serverip 10.0.2.2; tftpboot 0x40400000 payload.bin", timeout=30
+    )
+    assert result.ok, result.output
+    crc = uboot.console.run("crc32 0x40400000 ${filesize}").check().output
+    assert f"==> {zlib.crc32(payload):08x}" in crc
+
+
+def test_virtio_write_reaches_the_disk_file(uboot: QemuBoard) -> None:
+    assert uboot.disk_format("flash") == "raw"
+    uboot.console.run("mw.b 0x40800000 0x5a 0x400").check()
+    uboot.console.run("virtio scan; virtio write 0x40800000 0 2").check()
+    assert uboot.disk_path("flash").read_bytes()[:1024] == b"\x5a" * 1024
+
+
+def test_reset_stops_autoboot_again(uboot: QemuBoard) -> None:
+    uboot.reset()
+    assert uboot.console.run("echo again").output == "again"
