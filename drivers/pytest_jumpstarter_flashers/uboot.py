@@ -282,6 +282,10 @@ class UBootTftpFlasher(FlasherDriver):
                 raise self.fail(dest, f"{where}: {exc}") from exc
             except _CommandFailed as exc:
                 raise self.fail(dest, f"{where}: {exc}") from exc
+            except FlashError:
+                raise
+            except DriverError as exc:  # the board itself failed: QEMU died, the console closed
+                raise self.fail(dest, f"{where}: {exc}") from exc
         raise self.fail(dest, f"{where} failed {attempts} times:\n  " + "\n  ".join(problems))
 
     def _load(self, dest: Destination, root: Path, chunk: _Chunk, data: bytes, load: int, where: str) -> None:

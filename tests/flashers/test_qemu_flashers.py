@@ -17,7 +17,7 @@ from pytest_jumpstarter_flashers.qemu_disk import QemuDiskFlasher
 from pytest_jumpstarter_flashers.uboot import UBootTftpFlasher
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
-from pytest_jumpstarter.errors import FlashError
+from pytest_jumpstarter.errors import DeviceExited, FlashError
 from pytest_jumpstarter.settings import coerce
 
 from .conftest import MIB, make_image
@@ -254,6 +254,28 @@ def test_board_reset_mid_flash_is_reported_as_a_reset(
     assert "chunk 1 (image offset 4194304" in message
     assert "the board reset while running 'tftpboot" in message
     flasher._interrupt(10.0)  # stop the autoboot that follows the reset: the next test starts clean
+
+
+def test_board_that_dies_mid_flash_is_reported_dead_not_as_a_timeout(
+    uboot_board: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flasher = uboot_flasher(uboot_board, tmp_path, command_timeout=30)
+    image = tmp_path / "fw.img"
+    image.write_bytes(os.urandom(6 * MIB))
+    real = flasher._stage
+
+    def stage(path: Path, data: bytes) -> None:
+        real(path, data)
+        if path.name.endswith("-1.bin"):
+            uboot_board.execute("quit")  # QEMU exits, as a board losing power would
+
+    monkeypatch.setattr(flasher, "_stage", stage)
+    with pytest.raises(FlashError) as info:
+        flasher.flash(image)
+    message = str(info.value)
+    assert "chunk 1 (image offset 4194304" in message
+    assert "process exited with code 0" in message
+    assert isinstance(info.value.__cause__, DeviceExited)
 
 
 def test_truncated_image_over_uboot_is_a_flash_error(uboot_board: Any, tmp_path: Path) -> None:
