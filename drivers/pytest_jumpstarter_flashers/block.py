@@ -47,6 +47,7 @@ class BlockFlasher(FlasherDriver):
                 if dest.offset == 0 and dest.size is None:
                     # The whole file is the image: start from an empty sparse file, skip zero blocks.
                     os.ftruncate(fd, 0)
+                    os.ftruncate(fd, image.expected_size or 0)
                     zeros = "skip"
                 else:
                     zeros = "write"  # a region of a file that holds other data

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
@@ -82,6 +83,7 @@ class QemuDiskFlasher(FlasherDriver):
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self._files: dict[str, Path] = {}
+        self._removers: list[threading.Thread] = []
 
     def resolve(self, target: str | None) -> Destination:
         if target is None:
@@ -115,8 +117,9 @@ class QemuDiskFlasher(FlasherDriver):
         whole = dest.offset == 0 and dest.size is None
         fresh = self.ctx.workdir / f"flash-{dest.storage}-{next(self._serial)}.raw"
         if whole:
-            keep_size = disk_size(self, dest, current, fmt)
+            keep_size = max(disk_size(self, dest, current, fmt), image.expected_size or 0)
             fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            os.ftruncate(fd, keep_size)  # sized first, so write_blocks' one fsync covers the size too
             zeros = "skip"
         elif fmt == "raw":
             fresh, keep_size = current, 0
@@ -143,9 +146,19 @@ class QemuDiskFlasher(FlasherDriver):
             board.set_disk(dest.storage, fresh, "raw")
             previous = self._files.pop(dest.storage, None)
             if previous is not None and previous != fresh:
-                previous.unlink(missing_ok=True)  # our own earlier flash, never a base image
+                # Our own earlier flash, never a base image.  Freeing a big file's blocks takes a
+                # while, and nobody waits for it: a thread does it, joined in stop().
+                remover = threading.Thread(target=previous.unlink, kwargs={"missing_ok": True}, daemon=True)
+                remover.start()
+                self._removers.append(remover)
             self._files[dest.storage] = fresh
         return written
+
+    def stop(self) -> None:
+        for remover in self._removers:
+            remover.join(timeout=30)
+        self._removers.clear()
+        super().stop()
 
     def verify(self, dest: Destination, image: Image, progress: Progress) -> None:
         path, _ = self._current(dest)
