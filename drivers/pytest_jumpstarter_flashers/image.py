@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -60,6 +61,11 @@ class Block:
 
     def bytes(self) -> bytes:
         return self.data if self.data is not None else bytes(self.length)
+
+
+def _account(digest: Digest, block: tuple[bytes, Future[int] | int]) -> None:
+    data, crc = block
+    digest.add(data, crc if isinstance(crc, int) else crc.result())
 
 
 def _gf2_times(matrix: list[int], vector: int) -> int:
@@ -235,18 +241,27 @@ class Image:
             pieces = _fixed_blocks(self._decoded(self._raw), block_size)
         zeros, zero_crc = zero_block(block_size)
         digest = self.digest
-        for offset, data in pieces:
-            length = len(data) if data is not None else block_size
-            if data is not None and (data == zeros if length == block_size else not data.strip(b"\0")):
-                data = None
-            if data is None:
-                short_zeros, crc = (zeros, zero_crc) if length == block_size else zero_block(length)
-                digest.add(short_zeros, crc)
-            else:
-                digest.add(data, zlib.crc32(data))
-                digest.data_bytes += length
-            digest.size = offset + length
-            yield Block(offset, length, data)
+        # A block's CRC is computed on a worker thread while the consumer writes it and the next
+        # block is read (zlib and the I/O calls release the GIL); it is accounted one block later.
+        previous: tuple[bytes, Future[int] | int] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-crc") as pool:
+            for offset, data in pieces:
+                length = len(data) if data is not None else block_size
+                if data is not None and (data == zeros if length == block_size else not data.strip(b"\0")):
+                    data = None
+                current: tuple[bytes, Future[int] | int]
+                if data is None:
+                    current = (zeros, zero_crc) if length == block_size else zero_block(length)
+                else:
+                    current = (data, pool.submit(zlib.crc32, data))
+                    digest.data_bytes += length
+                if previous is not None:
+                    _account(digest, previous)
+                previous = current
+                digest.size = offset + length
+                yield Block(offset, length, data)
+            if previous is not None:
+                _account(digest, previous)
         if self.expected_size is not None and digest.size != self.expected_size:
             raise ImageError(
                 f"image {self.source}: expected {self.expected_size} bytes, the stream ended after "
