@@ -286,7 +286,8 @@ class UBootTftpFlasher(FlasherDriver):
                 raise
             except DriverError as exc:  # the board itself failed: QEMU died, the console closed
                 raise self.fail(dest, f"{where}: {exc}") from exc
-        raise self.fail(dest, f"{where} failed {attempts} times:\n  " + "\n  ".join(problems))
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        raise self.fail(dest, f"{where} failed, {tries}:\n  " + "\n  ".join(problems))
 
     def _load(self, dest: Destination, root: Path, chunk: _Chunk, data: bytes, load: int, where: str) -> None:
         """Stage ``data`` in the TFTP folder, ``tftpboot`` it and check U-Boot's CRC32 of it."""

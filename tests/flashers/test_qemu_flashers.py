@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from pytest_jumpstarter_flashers import base
 from pytest_jumpstarter_flashers.qemu_disk import QemuDiskFlasher
+from pytest_jumpstarter_flashers.tftp import netns_tftp
 from pytest_jumpstarter_flashers.uboot import UBootTftpFlasher
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
@@ -188,7 +190,7 @@ def test_chunk_corrupted_on_every_attempt_fails_naming_chunk_and_crcs(
         "uboot-tftp flash of disk: chunk 0 (image offset 0, 1048576 bytes, storage block 0x0+0x800)"
         in message
     )
-    assert "failed 2 times" in message
+    assert "failed, 2 attempts" in message
     assert re.search(
         r"CRC32 after TFTP: expected [0-9a-f]{8} \(host\), found [0-9a-f]{8} \(U-Boot\)", message
     )
@@ -219,7 +221,7 @@ def test_tftp_transfer_cut_short_mid_chunk_fails_after_bounded_retries(
         stop.set()
         cutter.join(timeout=5)
     message = str(info.value)
-    assert "chunk 0 (image offset 0, 4194304 bytes" in message and "failed 2 times" in message
+    assert "chunk 0 (image offset 0, 4194304 bytes" in message and "failed, 2 attempts" in message
     assert re.search(r"tftpboot transferred \d+, expected 4194304 bytes", message)
 
 
@@ -230,7 +232,7 @@ def test_tftp_server_without_the_file_fails_naming_the_tftp_error(
     image = tmp_path / "fw.img"
     image.write_bytes(os.urandom(MIB))
     monkeypatch.setattr(flasher, "_stage", lambda path, data: None)  # the server never gets it
-    with pytest.raises(FlashError, match=r"(?s)chunk 0 .*failed 2 times.*tftpboot failed: TFTP error"):
+    with pytest.raises(FlashError, match=r"(?s)chunk 0 .*failed, 2 attempts.*tftpboot failed: TFTP error"):
         flasher.flash(image)
 
 
@@ -376,3 +378,86 @@ def test_qemu_disk_byte_flipped_on_the_way_fails_verification(
         assert not board.is_running  # a failed flash does not boot the board
     finally:
         board.stop()
+
+
+# --- the same board on a TAP, with a real TFTP server in a network namespace --------------------------
+
+
+@pytest.fixture(scope="module")
+def tap_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    images = images_mod.require_images(images_mod.UBOOT_ARM64)
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    work = tmp_path_factory.mktemp("tap-board")
+    root = work / "tftp"
+    root.mkdir()
+    with netns_tftp(root, "qemu-system-aarch64") as ns:
+        board = make_board(
+            {
+                "arch": "aarch64",
+                "bios": str(images.uboot_arm64),
+                "shell": "uboot",
+                "memory": "512M",
+                "network": "none",
+                "disks": {"disk0": "16M"},
+                "binary": str(ns.qemu_binary),
+                "extra_args": ns.qemu_args(),
+            },
+            work / "board",
+            "tap_vm",
+        )
+        board.start()
+        try:
+            yield board, ns
+        finally:
+            board.stop()
+    assert ns.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert ns.server is not None and ns.server.poll() is not None
+
+
+def tap_flasher(tap_board: tuple[Any, Any], tmp_path: Path, **settings: Any) -> UBootTftpFlasher:
+    board, ns = tap_board
+    values = {"ram_size": "384M", "chunk_size": "2M", **settings}
+    flasher: UBootTftpFlasher = make_flasher(
+        UBootTftpFlasher,
+        board,
+        tmp_path / "flasher",
+        tftp_root=str(ns.root),
+        ipaddr=ns.board_address,
+        serverip=ns.server_address,
+        **values,
+    )
+    return flasher
+
+
+def test_uboot_tftp_through_a_tftp_server_in_a_namespace(tap_board: tuple[Any, Any], tmp_path: Path) -> None:
+    board, _ = tap_board
+    image = tmp_path / "fw.img"
+    data = os.urandom(3 * MIB + 100)
+    image.write_bytes(data)
+    assert tap_flasher(tap_board, tmp_path).flash(image).verified
+    assert disk_bytes(board, 0, len(data)) == data
+
+
+def test_tftp_server_killed_mid_transfer_is_a_flash_error(
+    tap_board: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    board, ns = tap_board
+    flasher = tap_flasher(tap_board, tmp_path, retries=1, tftp_timeout=0.5, chunk_size="6M")
+    image = tmp_path / "fw.img"
+    image.write_bytes(os.urandom(12 * MIB))
+    real = flasher._stage
+
+    def stage(path: Path, data: bytes) -> None:
+        real(path, data)
+        if path.name.endswith("-1.bin"):
+            # Chunk 0 went through; this one's transfer is cut by the server dying under it.
+            threading.Timer(0.2, ns.kill_server).start()
+
+    monkeypatch.setattr(flasher, "_stage", stage)
+    with pytest.raises(FlashError) as info:
+        flasher.flash(image)
+    message = str(info.value)
+    assert "chunk 1 (image offset 6291456" in message and "failed, 1 attempt" in message
+    assert re.search(r"tftpboot (failed|transferred \d+, expected 6291456)", message)
+    assert disk_bytes(board, 0, 100) == image.read_bytes()[:100]  # chunk 0 had landed
