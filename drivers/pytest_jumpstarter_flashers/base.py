@@ -18,6 +18,7 @@ import re
 import stat
 import struct
 import time
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -318,7 +319,7 @@ def verify_blocks(
                 f"verify: block {index} at offset {position}: expected {length} bytes, "
                 f"read back {len(data)} (storage shorter than the image?)",
             )
-        found = _crc(data)
+        found = zlib.crc32(data)
         if found != expected:
             first = _first_difference(data, image, offset, length)
             raise flasher.fail(
@@ -327,12 +328,6 @@ def verify_blocks(
                 f"{expected:08x}, found {found:08x}{first}",
             )
         progress.update(offset + length, "verifying")
-
-
-def _crc(data: bytes) -> int:
-    import zlib
-
-    return zlib.crc32(data)
 
 
 def _first_difference(data: bytes, image: Image, offset: int, length: int) -> str:

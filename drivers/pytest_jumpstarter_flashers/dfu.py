@@ -33,7 +33,7 @@ from pytest_jumpstarter.errors import DriverError, FlashError
 from pytest_jumpstarter.settings import Setting
 
 from .base import Destination, FlasherDriver
-from .image import Image
+from .image import Image, ImageError
 from .progress import Progress
 
 _OUT = 0x21  # host-to-device, class, interface
@@ -398,7 +398,7 @@ class DfuFlasher(FlasherDriver):
         try:
             session.to_idle()
             for block in image.blocks():
-                pending += block.bytes()
+                pending += block.content()
                 while len(pending) >= transfer:
                     self._download(session, dest, block_number, offset, bytes(pending[:transfer]))
                     del pending[:transfer]
@@ -413,6 +413,9 @@ class DfuFlasher(FlasherDriver):
         except _Fault as exc:
             session.recover()
             raise self.fail(dest, str(exc)) from exc
+        except ImageError:
+            session.recover()  # the image broke off: ABORT, so the device does not keep half of it
+            raise
         finally:
             usb.util.dispose_resources(session.device)
         return offset
@@ -483,7 +486,7 @@ class DfuFlasher(FlasherDriver):
         digest = image.digest
         try:
             session.to_idle()
-            reader = self._upload(session, dest, digest.size)
+            reader = _UploadReader(session, digest.size)
             for index, expected in enumerate(digest.crcs):
                 offset = index * digest.block_size
                 length = min(digest.block_size, digest.size - offset)
@@ -508,9 +511,6 @@ class DfuFlasher(FlasherDriver):
             raise self.fail(dest, str(exc)) from exc
         finally:
             usb.util.dispose_resources(session.device)
-
-    def _upload(self, session: DfuSession, dest: Destination, size: int) -> _UploadReader:
-        return _UploadReader(session, size)
 
     def dump(self, target: str, path: str | PathLike[str], size: int) -> int:
         dest = self.resolve(target)

@@ -59,7 +59,7 @@ class Block:
     def is_zero(self) -> bool:
         return self.data is None
 
-    def bytes(self) -> bytes:
+    def content(self) -> bytes:
         return self.data if self.data is not None else bytes(self.length)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,12 @@ def test_flash_downloads_manifests_and_verifies_by_upload(tmp_path: Path, image:
     assert sum(1 for r, _ in device.requests if r == GETSTATUS) > len(data) // device.transfer_size
 
 
-def test_runtime_device_is_detached_into_dfu_mode(tmp_path: Path, image: tuple[Path, bytes]) -> None:
+@pytest.mark.parametrize("will_detach", [True, False], ids=["detaches-itself", "needs-usb-reset"])
+def test_runtime_device_is_detached_into_dfu_mode(
+    tmp_path: Path, image: tuple[Path, bytes], will_detach: bool
+) -> None:
     path, data = image
-    device = SimulatedDfuDevice(runtime=True, will_detach=False)
+    device = SimulatedDfuDevice(runtime=True, will_detach=will_detach)
     flasher = dfu_flasher(tmp_path, device)
     assert flasher.flash(path).verified
     assert device.requests[0] == (DETACH, 1000)
@@ -217,3 +221,14 @@ def test_transfer_left_half_done_is_aborted_before_the_next_flash(
     assert flasher.flash(path).verified
     assert (ABORT, 0) in device.requests
     assert bytes(device.storage[0][: len(data)]) == data
+
+
+def test_truncated_image_aborts_the_download(tmp_path: Path) -> None:
+    packed = gzip.compress(os.urandom(200 * 1024), 1)
+    path = tmp_path / "firmware.bin.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    device = SimulatedDfuDevice()
+    with pytest.raises(FlashError, match=r"dfu flash of flash: .*gzip stream ends early"):
+        dfu_flasher(tmp_path, device).flash(path)
+    assert (ABORT, 0) in device.requests
+    assert device.state == 2 and device.image_length[0] == 0  # nothing half-written was manifested
