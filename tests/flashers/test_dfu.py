@@ -224,7 +224,7 @@ def test_transfer_left_half_done_is_aborted_before_the_next_flash(
 
 
 def test_truncated_image_aborts_the_download(tmp_path: Path) -> None:
-    packed = gzip.compress(os.urandom(200 * 1024), 1)
+    packed = gzip.compress(os.urandom(3 * MIB), 1)
     path = tmp_path / "firmware.bin.gz"
     path.write_bytes(packed[: len(packed) // 2])
     device = SimulatedDfuDevice()
