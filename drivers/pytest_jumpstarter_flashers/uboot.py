@@ -94,8 +94,11 @@ class UBootTftpFlasher(FlasherDriver):
     def console(self) -> Any:
         return self.board.console
 
-    def run(self, command: str, timeout: float | None = None, what: str = "") -> str:
-        """Run a U-Boot command; return its output.  Finds it between markers, not by the echo."""
+    def run(self, command: str, timeout: float | None = None, what: str = "", check: bool = True) -> str:
+        """Run a U-Boot command; return its output.  Finds it between markers, not by the echo.
+
+        A non-zero status raises unless ``check`` is false (``cmp`` fails when it finds a difference).
+        """
         console = self.console
         timeout = self.ctx.settings.get("command_timeout", 60.0) if timeout is None else timeout
         token = f"{next(self._ids)}j{os.getpid() % 1000}"
@@ -114,7 +117,7 @@ class UBootTftpFlasher(FlasherDriver):
             raise _BoardReset(f"the board reset while running {command!r}{what} (console showed {shown!r})")
         output: str = console.match.group(1).replace("\r\n", "\n").rstrip("\n")
         status = int(console.match.group(2))
-        if status != 0:
+        if status != 0 and check:
             raise _CommandFailed(f"U-Boot command {command!r} failed (status {status}){what}:\n{output}")
         return output
 
@@ -257,7 +260,8 @@ class UBootTftpFlasher(FlasherDriver):
                             where,
                             "read",
                         )
-                    self._load(dest, root, chunk, chunk.data, load, where)
+                    # Verifying checks the read-back copy instead, which proves transfer and write at once.
+                    expected = self._load(root, chunk, chunk.data, load, check=not verify)
                     source = load
                     sent = chunk.length
                 write = s.get("write_command", "virtio write {addr} {block} {count}")
@@ -272,7 +276,10 @@ class UBootTftpFlasher(FlasherDriver):
                         where,
                         "read",
                     )
-                    self._compare(source, readback, padded, dest, chunk, first_block)
+                    if chunk.data is None:
+                        self._compare(source, readback, padded, chunk, first_block)
+                    else:
+                        self._check_readback(load, readback, chunk, expected, first_block)
                 return sent
             except _Retry as exc:
                 problems.append(f"attempt {attempt + 1}: {exc}")
@@ -289,8 +296,11 @@ class UBootTftpFlasher(FlasherDriver):
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
         raise self.fail(dest, f"{where} failed, {tries}:\n  " + "\n  ".join(problems))
 
-    def _load(self, dest: Destination, root: Path, chunk: _Chunk, data: bytes, load: int, where: str) -> None:
-        """Stage ``data`` in the TFTP folder, ``tftpboot`` it and check U-Boot's CRC32 of it."""
+    def _load(self, root: Path, chunk: _Chunk, data: bytes, load: int, check: bool) -> int:
+        """Stage ``data`` in the TFTP folder and ``tftpboot`` it; with ``check``, compare U-Boot's CRC32.
+
+        Returns the host's CRC32 of ``data``.
+        """
         name = f"jumpstarter-{os.getpid()}-{self.device_name}-{chunk.index}.bin"
         path = root / name
         expected = zlib.crc32(data)
@@ -304,18 +314,34 @@ class UBootTftpFlasher(FlasherDriver):
             if not m or int(m.group(1)) != len(data):
                 found = m.group(1) if m else "no 'Bytes transferred' line"
                 raise _Retry(f"tftpboot transferred {found}, expected {len(data)} bytes")
-            output = self.run(f"crc32 {load:#x} {len(data):#x}")
-            m = re.search(r"==> ([0-9a-fA-F]{8})", output)
-            if not m:
-                raise _CommandFailed(f"crc32 printed no checksum: {output!r}")
-            found_crc = int(m.group(1), 16)
-            if found_crc != expected:
-                raise _Retry(
-                    f"CRC32 after TFTP: expected {expected:08x} (host), found {found_crc:08x} (U-Boot)"
-                )
+            if check:
+                self._check_ram(load, len(data), expected)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        return expected
+
+    def _crc32(self, address: int, length: int) -> int:
+        output = self.run(f"crc32 {address:#x} {length:#x}")
+        m = re.search(r"==> ([0-9a-fA-F]{8})", output)
+        if not m:
+            raise _CommandFailed(f"crc32 printed no checksum: {output!r}")
+        return int(m.group(1), 16)
+
+    def _check_ram(self, load: int, length: int, expected: int) -> None:
+        found = self._crc32(load, length)
+        if found != expected:
+            raise _Retry(f"CRC32 after TFTP: expected {expected:08x} (host), found {found:08x} (U-Boot)")
+
+    def _check_readback(self, load: int, readback: int, chunk: _Chunk, expected: int, block: int) -> None:
+        """The storage's copy must have the host's CRC32; if not, find out whether TFTP or storage failed."""
+        found = self._crc32(readback, chunk.length)
+        if found == expected:
+            return
+        self._check_ram(load, chunk.length, expected)  # raises if the transfer was bad
+        padded = -(-chunk.length // 4) * 4
+        self._compare(load, readback, padded, chunk, block)
+        raise _Retry(f"read-back CRC32: expected {expected:08x} (host), found {found:08x} (U-Boot)")
 
     def _stage(self, path: Path, data: bytes) -> None:
         """Put a chunk where the TFTP server serves it (a separate step so faults can be injected)."""
@@ -330,11 +356,11 @@ class UBootTftpFlasher(FlasherDriver):
         if f"{done}: OK" not in output:
             raise _Retry(f"{command!r} did not report '{done}: OK': {output.strip()[-200:]!r}")
 
-    def _compare(
-        self, source: int, readback: int, length: int, dest: Destination, chunk: _Chunk, block: int
-    ) -> None:
+    def _compare(self, source: int, readback: int, length: int, chunk: _Chunk, block: int) -> None:
         output = self.run(
-            f"cmp.l {source:#x} {readback:#x} {length // 4:#x}", what=f" (verify chunk {chunk.index})"
+            f"cmp.l {source:#x} {readback:#x} {length // 4:#x}",
+            what=f" (verify chunk {chunk.index})",
+            check=False,
         )
         if f"Total of {length // 4} word(s) were the same" in output:
             return

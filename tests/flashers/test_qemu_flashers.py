@@ -196,6 +196,31 @@ def test_chunk_corrupted_on_every_attempt_fails_naming_chunk_and_crcs(
     )
 
 
+def test_storage_that_does_not_keep_the_data_fails_the_read_back(uboot_board: Any, tmp_path: Path) -> None:
+    # A wrong write command (always block 0) stands in for storage that loses writes: TFTP and
+    # the CRC of the RAM copy are fine, only reading the partition back can tell.
+    flasher = uboot_flasher(
+        uboot_board,
+        tmp_path,
+        retries=2,
+        partitions={"p": "8M"},
+        write_command="virtio write {addr} 0 {count}",
+    )
+    image = tmp_path / "fw.img"
+    image.write_bytes(os.urandom(MIB))
+    with pytest.raises(FlashError) as info:
+        flasher.flash(image, target="p")
+    message = str(info.value)
+    assert (
+        "uboot-tftp flash of p (disk at offset 8388608): chunk 0" in message
+        and "failed, 2 attempts" in message
+    )
+    assert re.search(
+        r"read-back differs at image offset 0 \(storage byte 8388608\): expected word 0x[0-9a-f]+, found",
+        message,
+    )
+
+
 def test_tftp_transfer_cut_short_mid_chunk_fails_after_bounded_retries(
     uboot_board: Any, tmp_path: Path
 ) -> None:
