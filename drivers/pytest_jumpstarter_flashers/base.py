@@ -221,12 +221,13 @@ def write_blocks(
     progress: Progress,
     *,
     zeros: str,
+    sync: bool = True,
 ) -> int:
     """Write the image's blocks into ``fd`` at ``dest.offset``; returns bytes written.
 
     ``zeros`` says what to do with an all-zero block: ``"skip"`` (the target reads as zeros there
     already: a fresh sparse file), ``"write"`` (write them), or ``"zeroout"`` (a block device:
-    ``BLKZEROOUT``, writing them when the device cannot).
+    ``BLKZEROOUT``, writing them when the device cannot).  ``sync`` fsyncs at the end.
     """
     written = 0
     pending_zero: list[int] = []  # [start, end) of a run of zero blocks, flushed lazily
@@ -253,10 +254,11 @@ def write_blocks(
             written += block.length
         progress.update(block.offset + block.length)
     written += _zero_range(flasher, dest, fd, pending_zero, zeros)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise flasher.fail(dest, f"fsync failed after writing: {exc.strerror}") from exc
+    if sync:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise flasher.fail(dest, f"fsync failed after writing: {exc.strerror}") from exc
     return written
 
 
