@@ -262,7 +262,13 @@ class DeviceManager:
                 self.hook.pytest_jumpstarter_device_teardown(device=device.driver, item=item)
         finally:
             try:
-                device.driver.stop()
+                try:
+                    device.driver.stop()
+                except KeyboardInterrupt:
+                    # Ctrl-C or SIGTERM in the middle of a stop: finish stopping (stop() is idempotent),
+                    # then let the interrupt through; a device must not outlive the run.
+                    device.driver.stop()
+                    raise
             finally:
                 del self.live[(device.target.name, device.spec.name)]
                 shutil.rmtree(device.workdir, ignore_errors=True)

@@ -23,6 +23,7 @@ class Rec(Driver):
         "can_reset": Setting("bool", True),
         "events": Setting("path", "events.log"),
         "say": Setting("str", ""),
+        "slow_stop": Setting("bool", False),
     }
 
     def note(self, text):
@@ -43,6 +44,11 @@ class Rec(Driver):
         self.started = True
 
     def stop(self):
+        if self.ctx.settings["slow_stop"] and self.started:
+            self.started = False
+            print("STOPPING", flush=True)
+            import threading
+            threading.Event().wait(60)  # interrupted by the test's SIGTERM
         self.note(f"stop {self.ctx.target}/{self.ctx.name}")
         self.started = False
 
