@@ -269,6 +269,14 @@ CASES = [
         "[target]\nname = t\nlables = x\n",
         ["t.ini:3: [target] lables: unknown key 'lables'; did you mean 'labels'?*"],
     ),
+    (
+        "ini-misspelt-section",
+        "t.ini",
+        "[target]\nname = t\n[lables]\narch = x86_64\n",
+        [
+            "t.ini:3: unknown section [lables]; did you mean [labels]? (expected one of: [target], [labels], [device NAME])"
+        ],
+    ),
 ]
 
 NEEDS_FILE = """
