@@ -24,6 +24,7 @@ class Rec(Driver):
         "events": Setting("path", "events.log"),
         "say": Setting("str", ""),
         "slow_stop": Setting("bool", False),
+        "interrupt_start": Setting("bool", False),
     }
 
     def note(self, text):
@@ -36,6 +37,8 @@ class Rec(Driver):
         (self.ctx.workdir / "state").write_text("x")
         if self.ctx.settings["say"]:
             self.ctx.transcript.write(self.ctx.settings["say"] + "\\n")
+        if self.ctx.settings["interrupt_start"]:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a boot
         if self.ctx.settings["fail_start"]:
             raise DriverError(self.ctx.name, "power supply says no (expected 12 V, found 0 V)")
         board = self.ctx.refs.get("board")

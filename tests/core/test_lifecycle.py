@@ -104,6 +104,26 @@ def test_start_failure_is_a_setup_error_with_the_driver_message(rec_pytester: py
     ]
 
 
+def test_an_interrupted_start_still_stops_every_device(rec_pytester: pytest.Pytester) -> None:
+    write(
+        rec_pytester,
+        "t.yaml",
+        "name: t\ndevices:\n  board: {driver: rec, scope: session}\n"
+        "  flasher: {driver: other, board: board, interrupt_start: true}\n",
+    )
+    rec_pytester.makepyfile("def test_flash(other):\n    pass\n")
+    result = rec_pytester.runpytest("--target=t.yaml", no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert events(rec_pytester) == [
+        "start t/board",
+        "ready board for test_flash[t]",
+        "start t/flasher",
+        "stop t/flasher",
+        "teardown board after test_flash[t]",
+        "stop t/board",
+    ]
+
+
 def _sigterm_after(pytester: pytest.Pytester, marker: bytes, *args: str) -> int:
     """Run pytest in a process group, send SIGTERM once it printed ``marker``; return its exit code."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -105,7 +105,7 @@ CASES = [
         "name: t\ndevices:\n  rec:\n    driver: rec\n    can_rest: true\n",
         [
             "t.yaml:5: devices.rec.can_rest: unknown setting 'can_rest' for driver 'rec'; did you mean 'can_reset'? "
-            "(rec accepts: board, can_reset, events, fail_start, say, slow_stop)"
+            "(rec accepts: board, can_reset, events, fail_start, interrupt_start, say, slow_stop)"
         ],
     ),
     (
