@@ -60,10 +60,18 @@ def tests(count: int) -> str:
     return "".join(f"def test_{i}(console):\n    assert console is not None\n\n" for i in range(count))
 
 
+def _env() -> dict[str, str]:
+    """The environment of a measured run: no target from outside, and byte code cached as users have it
+    (with PYTHONDONTWRITEBYTECODE set, every run would compile the plugin and its drivers from source;
+    the first round warms the cache)."""
+    drop = {"JUMPSTARTER_TARGET", "PYTHONDONTWRITEBYTECODE"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def run(folder: Path, *args: str) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one pytest process; CPU time (user + system) is steadier on a
     busy machine, where other processes share the cores."""
-    env = {k: v for k, v in os.environ.items() if k != "JUMPSTARTER_TARGET"}
+    env = _env()
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
@@ -82,6 +90,42 @@ def run(folder: Path, *args: str) -> tuple[float, float]:
                 f"{' '.join(command)} (in {folder}) failed:\n{out.read().decode(errors='replace')}"
             )
     return usage.ru_utime + usage.ru_stime, wall
+
+
+#: Runs pytest in-process with the plugin's pytest_configure timed: what a target costs at start-up,
+#: without the noise of a whole interpreter start (prints milliseconds).
+TIMED_CONFIGURE = """
+import sys, time
+import pytest
+import pytest_jumpstarter.plugin as plugin
+
+spent = []
+original = plugin.pytest_configure
+
+def pytest_configure(config):
+    start = time.perf_counter()
+    original(config)
+    spent.append(time.perf_counter() - start)
+
+plugin.pytest_configure = pytest_configure
+pytest.main(["-q", "-p", "no:cacheprovider", "--collect-only", *sys.argv[1:]])
+print("CONFIGURE_MS", spent[0] * 1000)
+"""
+
+
+def configure_ms(folder: Path, *args: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", TIMED_CONFIGURE, *args],
+        cwd=folder,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("CONFIGURE_MS"):
+            return float(line.split()[1])
+    raise SystemExit(f"no timing from the timed run:\n{done.stdout}\n{done.stderr}")
 
 
 def main() -> None:
@@ -113,9 +157,19 @@ def main() -> None:
             runs["cnone"].append(run(startup, "--collect-only"))
             runs["coff"].append(run(startup, "--collect-only", "-p", "no:jumpstarter"))
 
+        timed_all = min(configure_ms(startup, "--target=twenty.yaml") for _ in range(options.rounds))
+        timed_serial = min(
+            configure_ms(startup, "--target=twenty.yaml", *ONLY_SERIAL) for _ in range(options.rounds)
+        )
+        timed_none = min(configure_ms(startup) for _ in range(options.rounds))
+
     print(
         f"python {sys.version.split()[0]}, {options.rounds} rounds, minimum of each; CPU = user + system time"
     )
+    print("--- the plugin's pytest_configure, timed in-process (start-up cost without interpreter noise)")
+    print(f"20-device target, all driver families : {timed_all:.1f} ms  (goal <= 50 ms)")
+    print(f"20-device target, serial family only  : {timed_serial:.1f} ms")
+    print(f"no target                             : {timed_none:.2f} ms")
     for index, what in ((0, "CPU"), (1, "wall")):
         w, b = (min(r[index] for r in runs[k]) for k in ("with", "without"))
         c20, c20s, cnone, coff = (min(r[index] for r in runs[k]) for k in ("c20", "c20s", "cnone", "coff"))

@@ -69,14 +69,14 @@ class DeviceManager:
         targets: Sequence[TargetDescription],
         hook: pluggy.HookRelay,
         redact: Redactor,
-        logdir: Path,
+        logdir: Callable[[], Path],
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.hook = hook
         self.redact = redact
-        #: Per-test console logs go to ``<logdir>/<test id>/<device>.log``.
-        self.logdir = logdir
+        self._logdir_factory = logdir
+        self._logdir: Path | None = None
         self._extra = dict(extra or {})
         self.live: dict[tuple[str, str], LiveDevice] = {}
         self.active: str | None = None
@@ -262,7 +262,13 @@ class DeviceManager:
                 self.hook.pytest_jumpstarter_device_teardown(device=device.driver, item=item)
         finally:
             try:
-                device.driver.stop()
+                try:
+                    device.driver.stop()
+                except KeyboardInterrupt:
+                    # Ctrl-C or SIGTERM in the middle of a stop: finish stopping (stop() is idempotent),
+                    # then let the interrupt through; a device must not outlive the run.
+                    device.driver.stop()
+                    raise
             finally:
                 del self.live[(device.target.name, device.spec.name)]
                 shutil.rmtree(device.workdir, ignore_errors=True)
@@ -274,8 +280,14 @@ class DeviceManager:
             self._root = Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-"))
         return self._root
 
+    def logdir(self) -> Path:
+        """Per-test console logs go to ``<logdir>/<test id>/<device>.log``."""
+        if self._logdir is None:
+            self._logdir = self._logdir_factory()
+        return self._logdir
+
     def _item_log_dir(self, item: pytest.Item) -> Path | None:
-        return self.logdir / _safe(item.nodeid)
+        return self.logdir() / _safe(item.nodeid)
 
     def transcripts(self, item: pytest.Item, final: bool) -> Iterator[tuple[str, str]]:
         """End each device's transcript section for ``item``: yields ``(device, text)``.
@@ -293,7 +305,7 @@ class DeviceManager:
             elif self._is_live(device):
                 # Between tests a kept device's output goes to its own log file.
                 device.transcript.begin(
-                    self.logdir / "devices" / f"{_safe(device.target.name)}-{_safe(device.spec.name)}.log"
+                    self.logdir() / "devices" / f"{_safe(device.target.name)}-{_safe(device.spec.name)}.log"
                 )
             if text:
                 yield device.spec.name, text

@@ -412,16 +412,17 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
     if run.manager is None:
         from .lifecycle import DeviceManager
 
-        given = config.option.jumpstarter_logdir
-        if given:
-            logdir = (config.invocation_params.dir / given).resolve()
-        else:
+        logdir: str | None = config.option.jumpstarter_logdir
+
+        def make_logdir() -> Path:
+            if logdir:
+                return (config.invocation_params.dir / logdir).resolve()
             factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-            logdir = factory.getbasetemp() / "jumpstarter-logs"
+            return factory.getbasetemp() / "jumpstarter-logs"
 
         worker = getattr(config, "workerinput", {}).get("workerid")
         run.manager = DeviceManager(
-            run.targets, config.hook, run.redact, logdir, extra={"worker": worker} if worker else None
+            run.targets, config.hook, run.redact, make_logdir, extra={"worker": worker} if worker else None
         )
     return run.manager
 

@@ -312,19 +312,16 @@ def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
         elif path[0] == "devices" and len(path) == 2 and path[1]:
             devices[path[1]] = values
         else:
-            known = ["target", "labels", "device NAME"]
             head = section.split()[0] if section.split() else section
-            hint = ""
             if difflib.get_close_matches(head, ["device"], n=1, cutoff=0.6):
-                rest = section[len(head) :].strip() or "NAME"
-                hint = f"; did you mean [device {rest}]?"
+                hint = f"; did you mean [device {section[len(head) :].strip() or 'NAME'}]?"
+            elif close := difflib.get_close_matches(section, ["target", "labels"], n=1, cutoff=0.6):
+                hint = f"; did you mean [{close[0]}]?"
             else:
-                hint = suggest(section, ["target", "labels"]).replace("'", "[", 1).replace("'", "]", 1)
+                hint = ""
             problems.add(
                 (),
-                f"unknown section [{section}]{hint} (expected one of: "
-                + ", ".join(f"[{k}]" for k in known)
-                + ")",
+                f"unknown section [{section}]{hint} (expected one of: [target], [labels], [device NAME])",
                 line=lines.get(path),
             )
     if devices:

@@ -104,21 +104,32 @@ def test_start_failure_is_a_setup_error_with_the_driver_message(rec_pytester: py
     ]
 
 
-def test_sigterm_tears_devices_down(rec_pytester: pytest.Pytester) -> None:
-    chain(rec_pytester, board_scope="session")
-    rec_pytester.makepyfile(
-        """
-        import threading
-
-        def test_waits(other):
-            print("READY", flush=True)
-            threading.Event().wait(60)
-        """
+def test_an_interrupted_start_still_stops_every_device(rec_pytester: pytest.Pytester) -> None:
+    write(
+        rec_pytester,
+        "t.yaml",
+        "name: t\ndevices:\n  board: {driver: rec, scope: session}\n"
+        "  flasher: {driver: other, board: board, interrupt_start: true}\n",
     )
+    rec_pytester.makepyfile("def test_flash(other):\n    pass\n")
+    result = rec_pytester.runpytest("--target=t.yaml", no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert events(rec_pytester) == [
+        "start t/board",
+        "ready board for test_flash[t]",
+        "start t/flasher",
+        "stop t/flasher",
+        "teardown board after test_flash[t]",
+        "stop t/board",
+    ]
+
+
+def _sigterm_after(pytester: pytest.Pytester, marker: bytes, *args: str) -> int:
+    """Run pytest in a process group, send SIGTERM once it printed ``marker``; return its exit code."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--target=chain.yaml"],
-        cwd=rec_pytester.path,
+        [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", *args],
+        cwd=pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -128,9 +139,9 @@ def test_sigterm_tears_devices_down(rec_pytester: pytest.Pytester) -> None:
         assert proc.stdout is not None
         seen = b""
         deadline = time.monotonic() + 60
-        while b"READY" not in seen:
+        while marker not in seen:
             left = deadline - time.monotonic()
-            assert left > 0, f"the inner test never got ready:\n{seen.decode()}"
+            assert left > 0, f"the inner run never printed {marker!r}:\n{seen.decode()}"
             if select.select([proc.stdout], [], [], left)[0]:
                 chunk = os.read(proc.stdout.fileno(), 4096)
                 assert chunk, f"pytest exited early:\n{seen.decode()}"
@@ -142,12 +153,34 @@ def test_sigterm_tears_devices_down(rec_pytester: pytest.Pytester) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, (seen + rest).decode()
+    return proc.returncode
+
+
+def test_sigterm_tears_devices_down(rec_pytester: pytest.Pytester) -> None:
+    chain(rec_pytester, board_scope="session")
+    rec_pytester.makepyfile(
+        """
+        import threading
+
+        def test_waits(other):
+            print("READY", flush=True)
+            threading.Event().wait(60)
+        """
+    )
+    _sigterm_after(rec_pytester, b"READY", "--target=chain.yaml")
     assert events(rec_pytester)[-4:] == [
         "teardown flasher after test_waits[chain]",
         "stop chain/flasher",
         "teardown board after test_waits[chain]",
         "stop chain/board",
     ]
+
+
+def test_sigterm_during_a_stop_still_finishes_the_stop(rec_pytester: pytest.Pytester) -> None:
+    write(rec_pytester, "t.yaml", "name: t\ndevices:\n  rec: {driver: rec, slow_stop: true}\n")
+    rec_pytester.makepyfile("def test_x(rec):\n    pass\n")
+    _sigterm_after(rec_pytester, b"STOPPING", "--target=t.yaml")
+    assert events(rec_pytester)[-2:] == ["teardown rec after test_x[t]", "stop t/rec"]
 
 
 def test_session_scope_keeps_a_device_and_resets_it_between_tests(rec_pytester: pytest.Pytester) -> None:

@@ -105,7 +105,7 @@ CASES = [
         "name: t\ndevices:\n  rec:\n    driver: rec\n    can_rest: true\n",
         [
             "t.yaml:5: devices.rec.can_rest: unknown setting 'can_rest' for driver 'rec'; did you mean 'can_reset'? "
-            "(rec accepts: board, can_reset, events, fail_start, say)"
+            "(rec accepts: board, can_reset, events, fail_start, interrupt_start, say, slow_stop)"
         ],
     ),
     (
@@ -268,6 +268,14 @@ CASES = [
         "t.ini",
         "[target]\nname = t\nlables = x\n",
         ["t.ini:3: [target] lables: unknown key 'lables'; did you mean 'labels'?*"],
+    ),
+    (
+        "ini-misspelt-section",
+        "t.ini",
+        "[target]\nname = t\n[lables]\narch = x86_64\n",
+        [
+            "t.ini:3: unknown section [lables]; did you mean [labels]? (expected one of: [target], [labels], [device NAME])"
+        ],
     ),
 ]
 
