@@ -232,3 +232,21 @@ def test_block_device_gets_zeroes_for_zero_blocks_and_is_read_back(
         on_device = device.read(8 * MIB)
     assert on_device[: len(expected)] == expected  # the old 0xee under the zero blocks is gone
     assert on_device[len(expected) :] == b"\xee" * 2 * MIB  # past the image: untouched
+
+
+def test_every_method_is_a_flash_capability() -> None:
+    from pytest_jumpstarter_flashers import (
+        BlockFlasher,
+        DfuFlasher,
+        QemuDiskFlasher,
+        UBootTftpFlasher,
+        pytest_jumpstarter_add_drivers,
+    )
+
+    from pytest_jumpstarter.capabilities import Flash
+
+    methods = pytest_jumpstarter_add_drivers()
+    assert {m.name for m in methods} == {"block", "dfu", "qemu-disk", "uboot-tftp"}
+    assert {m.role for m in methods} == {"flasher"}
+    for cls in (BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher):
+        assert issubclass(cls, Flash)
