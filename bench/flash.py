@@ -209,17 +209,18 @@ def bench_uboot(rounds: int, work: Path) -> None:
             raw_times.append(time.perf_counter() - start)
             staged.unlink()
         size = 64
-        t_e2e, t_flash, t_raw = (statistics.median(x) for x in (e2e_times, flash_times, raw_times))
-        print("## uboot-tftp, 64 MiB random image, verification included")
-        print(
-            f"flash {size / t_flash:.1f} MiB/s ({t_flash:.2f}s: TFTP + CRC32 + write + read-back compare), "
-            f"end to end with power-cycle and reset {size / t_e2e:.1f} MiB/s ({t_e2e:.2f}s); "
-            f"bare tftpboot {size / t_raw:.1f} MiB/s ({t_raw:.2f}s)"
-        )
-        print(
-            f"  ratio flash / bare tftpboot throughput: {t_raw / t_flash:.2f}x "
-            f"(end to end {t_raw / t_e2e:.2f}x)"
-        )
+        print(f"## uboot-tftp, 64 MiB random image, verification included ({rounds} rounds)")
+        for stat_name, stat in (("median", statistics.median), ("best", min)):
+            t_e2e, t_flash, t_raw = (stat(x) for x in (e2e_times, flash_times, raw_times))
+            print(
+                f"[{stat_name}] flash {size / t_flash:.1f} MiB/s ({t_flash:.2f}s: TFTP, write, read-back, "
+                f"CRC32), end to end with power-cycle and reset {size / t_e2e:.1f} MiB/s ({t_e2e:.2f}s); "
+                f"bare tftpboot {size / t_raw:.1f} MiB/s ({t_raw:.2f}s)"
+            )
+            print(
+                f"  ratio flash / bare tftpboot throughput: {t_raw / t_flash:.2f}x "
+                f"(end to end {t_raw / t_e2e:.2f}x)"
+            )
     finally:
         board.stop()
 
