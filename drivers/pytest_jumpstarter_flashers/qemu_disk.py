@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
@@ -80,10 +79,6 @@ class QemuDiskFlasher(FlasherDriver):
 
     _serial = itertools.count(1)
 
-    def __init__(self, ctx: Any) -> None:
-        super().__init__(ctx)
-        self._removers: list[threading.Thread] = []
-
     def resolve(self, target: str | None) -> Destination:
         if target is None:
             disk = self.ctx.settings.get("disk", "disk0")
@@ -148,18 +143,8 @@ class QemuDiskFlasher(FlasherDriver):
         if fresh != current:
             board.set_disk(dest.storage, fresh, "raw")
             if current.parent == folder and current.name.startswith("flash-"):
-                # An earlier flash's file (ours, never a base image).  Freeing a big file's blocks
-                # takes a while and nobody needs to wait for it: a thread does it, joined in stop().
-                remover = threading.Thread(target=current.unlink, kwargs={"missing_ok": True}, daemon=True)
-                remover.start()
-                self._removers.append(remover)
+                current.unlink(missing_ok=True)  # an earlier flash's file: ours, never a base image
         return written
-
-    def stop(self) -> None:
-        for remover in self._removers:
-            remover.join(timeout=30)
-        self._removers.clear()
-        super().stop()
 
     def verify(self, dest: Destination, image: Image, progress: Progress) -> None:
         path, _ = self._current(dest)
