@@ -23,4 +23,11 @@ def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
     return [BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher]
 
 
-__all__ = ["BlockFlasher", "Destination", "DfuFlasher", "FlasherDriver"]
+__all__ = [
+    "BlockFlasher",
+    "Destination",
+    "DfuFlasher",
+    "FlasherDriver",
+    "QemuDiskFlasher",
+    "UBootTftpFlasher",
+]

@@ -159,9 +159,14 @@ class FlasherDriver(Driver):
             return results
         return results[jobs[0][0].name]
 
+    #: Whether the flash in progress will be verified: a method that verifies while it writes
+    #: (chunk by chunk, while the data is still at hand) reads it in :meth:`write`.
+    verifying = True
+
     def _flash_one(self, dest: Destination, source: ImageArg, verify: bool) -> FlashResult:
         start = time.monotonic()
         settings = self.ctx.settings
+        self.verifying = verify
         try:
             with open_image(
                 source,

@@ -1,6 +1,6 @@
 """``qemu-disk``: write an image into a QEMU board's disk while the board is powered off.
 
-A whole-disk flash writes a fresh sparse raw file in the flasher's workdir (zero blocks stay holes,
+A whole-disk flash writes a fresh sparse raw file in the board's workdir (zero blocks stay holes,
 the file keeps at least the disk's old size, as a real card would) and hands it to the board with
 ``set_disk``; a partition flash writes into the board's per-run raw disk file (a qcow2 overlay is
 first converted to a fresh raw file).  Base images are never opened for writing.  The board is
@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
@@ -80,11 +79,6 @@ class QemuDiskFlasher(FlasherDriver):
 
     _serial = itertools.count(1)
 
-    def __init__(self, ctx: Any) -> None:
-        super().__init__(ctx)
-        self._files: dict[str, Path] = {}
-        self._removers: list[threading.Thread] = []
-
     def resolve(self, target: str | None) -> Destination:
         if target is None:
             disk = self.ctx.settings.get("disk", "disk0")
@@ -115,7 +109,10 @@ class QemuDiskFlasher(FlasherDriver):
         board = self.board
         current, fmt = self._current(dest)
         whole = dest.offset == 0 and dest.size is None
-        fresh = self.ctx.workdir / f"flash-{dest.storage}-{next(self._serial)}.raw"
+        # In the board's workdir: the board keeps using the file after this flasher is gone.
+        board_ctx = getattr(board, "ctx", None)
+        folder = Path(board_ctx.workdir) if board_ctx is not None else self.ctx.workdir
+        fresh = folder / f"flash-{self.device_name}-{dest.storage}-{next(self._serial)}.raw"
         if whole:
             keep_size = max(disk_size(self, dest, current, fmt), image.expected_size or 0)
             fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -145,21 +142,9 @@ class QemuDiskFlasher(FlasherDriver):
         os.close(fd)
         if fresh != current:
             board.set_disk(dest.storage, fresh, "raw")
-            previous = self._files.pop(dest.storage, None)
-            if previous is not None and previous != fresh:
-                # Our own earlier flash, never a base image.  Freeing a big file's blocks takes a
-                # while, and nobody waits for it: a thread does it, joined in stop().
-                remover = threading.Thread(target=previous.unlink, kwargs={"missing_ok": True}, daemon=True)
-                remover.start()
-                self._removers.append(remover)
-            self._files[dest.storage] = fresh
+            if current.parent == folder and current.name.startswith("flash-"):
+                current.unlink(missing_ok=True)  # an earlier flash's file: ours, never a base image
         return written
-
-    def stop(self) -> None:
-        for remover in self._removers:
-            remover.join(timeout=30)
-        self._removers.clear()
-        super().stop()
 
     def verify(self, dest: Destination, image: Image, progress: Progress) -> None:
         path, _ = self._current(dest)

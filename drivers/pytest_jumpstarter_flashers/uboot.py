@@ -1,11 +1,13 @@
 """``uboot-tftp``: flash through the board's own bootloader, as on a real board.
 
 Power-cycle the board and stop U-Boot's autoboot on the serial console; then, chunk by chunk (each
-fits the board's RAM), put the chunk in the TFTP folder, ``tftpboot`` it, check U-Boot's ``crc32``
-of it against the host's ``zlib.crc32``, write it to block storage with the target description's
-command (``virtio write {addr} {block} {count}``, ``mmc write ...``) and, when verifying, read it
-back into a second buffer and ``cmp`` the two.  A bad chunk is retried a bounded number of times;
-a chunk that is all zeros is written from a zeroed buffer without being sent.  Then reset.
+fits the board's RAM), put the chunk in the TFTP folder, ``tftpboot`` it, write it to block storage
+with the target description's command (``virtio write {addr} {block} {count}``, ``mmc write ...``),
+and check U-Boot's ``crc32`` against the host's ``zlib.crc32``: of the copy read back from storage
+into a second buffer when verifying (one check proves transfer and write; on a mismatch the RAM copy
+is checked too, to say which failed, and ``cmp`` finds the first differing word), of the RAM copy
+before writing otherwise.  A bad chunk is retried a bounded number of times; a chunk that is all
+zeros is written from a zeroed buffer without being sent.  Then reset.
 
 Any failure is a :class:`FlashError` naming the chunk, its image offset and storage block, and
 what was expected against what U-Boot said.  A board that resets on its own (its banner or the
@@ -236,7 +238,7 @@ class UBootTftpFlasher(FlasherDriver):
             f"chunk {chunk.index} (image offset {chunk.offset}, {chunk.length} bytes, "
             f"storage block {first_block:#x}+{count:#x})"
         )
-        verify = self._verify_now
+        verify = self.verifying
         attempts = max(1, s.get("retries", 3))
         problems: list[str] = []
         read = s.get("read_command", "virtio read {addr} {block} {count}")
@@ -284,7 +286,8 @@ class UBootTftpFlasher(FlasherDriver):
             except _Retry as exc:
                 problems.append(f"attempt {attempt + 1}: {exc}")
                 self.retried[chunk.index] = attempt + 1
-                self.ctx.progress(f"{self.device_name} ({self.name}): {where}: {exc}; retrying")
+                if attempt + 1 < attempts:
+                    self.ctx.progress(f"{self.device_name} ({self.name}): {where}: {exc}; retrying")
             except _BoardReset as exc:
                 raise self.fail(dest, f"{where}: {exc}") from exc
             except _CommandFailed as exc:
@@ -379,15 +382,8 @@ class UBootTftpFlasher(FlasherDriver):
 
     # --- verify and dump ----------------------------------------------------------------------
 
-    _verify_now = True
-
-    def _flash_one(self, dest: Destination, source: Any, verify: bool) -> Any:
-        # The read-back compare happens per chunk while its data is still in RAM; write() does it.
-        self._verify_now = verify
-        return super()._flash_one(dest, source, verify)
-
     def verify(self, dest: Destination, image: Image, progress: Progress) -> None:
-        """Done chunk by chunk in :meth:`write` (RAM copy against storage read-back, after CRC32)."""
+        """Done chunk by chunk in :meth:`write`: the read-back copy's CRC32 against the host's."""
 
     def dump(self, target: str, path: str | PathLike[str], size: int) -> int:
         """Read storage back: from the board's disk file when the host can see it (a QEMU board)."""

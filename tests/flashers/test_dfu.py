@@ -232,3 +232,14 @@ def test_truncated_image_aborts_the_download(tmp_path: Path) -> None:
         dfu_flasher(tmp_path, device).flash(path)
     assert (ABORT, 0) in device.requests
     assert device.state == 2 and device.image_length[0] == 0  # nothing half-written was manifested
+
+
+def test_block_numbers_wrap_past_65535(tmp_path: Path) -> None:
+    path = tmp_path / "firmware.bin"
+    data = os.urandom(65536 * 64 + 640)  # 65546 blocks of wTransferSize 64
+    path.write_bytes(data)
+    device = SimulatedDfuDevice(size=8 * MIB, transfer_size=64)
+    assert dfu_flasher(tmp_path, device).flash(path).verified
+    assert bytes(device.storage[0][: len(data)]) == data
+    numbers = [value for request, value in device.requests if request == DNLOAD]
+    assert numbers[65535:65538] == [65535, 0, 1]

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,51 @@ def test_short_flash_prints_no_progress() -> None:
     progress.update(MIB)
     progress.finish(MIB)
     assert lines == []
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Path]:
+    """A real block device: a loop device over an 8 MiB file full of 0xee (skips without losetup)."""
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(b"\xee" * 8 * MIB)
+    if shutil.which("losetup") is None:
+        pytest.skip("no losetup")
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a loop device here: {made.stderr.strip()}")
+    device = Path(made.stdout.strip())
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", str(device)], check=True)
+
+
+def test_block_device_gets_zeroes_for_zero_blocks_and_is_read_back(
+    tmp_path: Path, loop_device: Path, marker: bytes
+) -> None:
+    image = tmp_path / "disk.img"
+    expected = make_image(image, 6 * MIB, {0: marker, 5 * MIB: marker})
+    result = block_flasher(tmp_path, loop_device, create=False).flash(image)
+    assert result.verified
+    with open(loop_device, "rb") as device:
+        on_device = device.read(8 * MIB)
+    assert on_device[: len(expected)] == expected  # the old 0xee under the zero blocks is gone
+    assert on_device[len(expected) :] == b"\xee" * 2 * MIB  # past the image: untouched
+
+
+def test_every_method_is_a_flash_capability() -> None:
+    from pytest_jumpstarter_flashers import (
+        BlockFlasher,
+        DfuFlasher,
+        QemuDiskFlasher,
+        UBootTftpFlasher,
+        pytest_jumpstarter_add_drivers,
+    )
+
+    from pytest_jumpstarter.capabilities import Flash
+
+    methods = pytest_jumpstarter_add_drivers()
+    assert {m.name for m in methods} == {"block", "dfu", "qemu-disk", "uboot-tftp"}
+    assert {m.role for m in methods} == {"flasher"}
+    for cls in (BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher):
+        assert issubclass(cls, Flash)

@@ -74,6 +74,7 @@ devices:
     initrd: {demo.linux_initrd}
     network: none
     autostart: false
+    scope: module
     disks: {{disk0: 16M}}
   flasher:
     driver: qemu-disk
@@ -88,6 +89,11 @@ devices:
             result = flasher.flash(image)
             assert result.verified and result.bytes_written == 1024 * 1024
             assert qemu_vm.console.run("head -c 20 /dev/vda").output == "MARKER-FROM-THE-HOST"
+
+        def test_the_flashed_disk_outlives_the_flasher(qemu_vm):
+            # The flasher of the test before is gone; the module's board still boots its disk.
+            qemu_vm.cycle()
+            assert qemu_vm.console.run("head -c 20 /dev/vda").output == "MARKER-FROM-THE-HOST"
         """
     )
-    pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider").assert_outcomes(passed=2)

@@ -346,7 +346,7 @@ def test_qemu_disk_flash_boots_and_the_guest_reads_the_marker(tmp_path: Path, ma
         tail = shell.run(f"dd if=/dev/vda bs=1M skip=20 count=1 2>/dev/null | head -c {len(marker)}").output
         assert tail == marker[::-1].decode()
         assert shell.run("cat /sys/block/vda/size").output == str(32 * MIB // 512)  # the disk kept its size
-        assert board.disk_path("disk0").parent == tmp_path / "flasher"  # a fresh per-run file
+        assert board.disk_path("disk0").parent == tmp_path / "board"  # a fresh per-run file the board owns
         assert board.disk_path("disk0").read_bytes()[: len(expected)] == expected
     finally:
         board.stop()
