@@ -16,6 +16,7 @@ What it adds to pexpect:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import selectors
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pexpect
+from pexpect.expect import Expecter, searcher_re
 from pexpect.spawnbase import SpawnBase
 
 from .errors import BoardPanic, ConsoleClosed, ConsoleTimeout, DriverError
@@ -212,6 +214,10 @@ class Console(SpawnBase):  # type: ignore[misc]
         **kw: Any,
     ) -> Any:
         try:
+            width = _max_width(pattern_list)
+            if width is not None and not async_ and not kw and searchwindowsize in (-1, None):
+                expecter = _WindowedExpecter(self, searcher_re(pattern_list), width)
+                return expecter.expect_loop(self.timeout if timeout == -1 else timeout)
             return super().expect_list(pattern_list, timeout, searchwindowsize, async_, **kw)
         except pexpect.EOF as exc:
             # pexpect re-raises its own plain EOF; give the caller the owner's diagnosis instead.
@@ -296,6 +302,85 @@ class Console(SpawnBase):  # type: ignore[misc]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
+#: Characters searched before the earliest place a new match can start (for lookarounds, ``\b``, ``^``).
+_CONTEXT = 256
+#: Longer patterns are searched the pexpect way.
+_WIDTH_LIMIT = 1 << 16
+
+
+@functools.lru_cache(maxsize=512)
+def _pattern_width(pattern: str | bytes, flags: int) -> int | None:
+    """The longest text ``pattern`` can match, or None if unbounded (``.*``) or unknown."""
+    try:
+        from re import _parser as sre_parse  # type: ignore[attr-defined]
+    except ImportError:  # Python 3.10
+        import sre_parse
+    try:
+        _, high = sre_parse.parse(pattern, flags).getwidth()
+    except Exception:
+        return None
+    return int(high) if high < _WIDTH_LIMIT else None
+
+
+def _max_width(pattern_list: Any) -> int | None:
+    widths = []
+    for p in pattern_list:
+        if p is pexpect.EOF or p is pexpect.TIMEOUT:
+            continue
+        width = _pattern_width(p.pattern, p.flags) if hasattr(p, "pattern") else None
+        if width is None:
+            return None
+        widths.append(width)
+    return max(widths) if widths else None
+
+
+class _WindowedExpecter(Expecter):  # type: ignore[misc]
+    """pexpect's Expecter for patterns of bounded length, without its quadratic cost on long output.
+
+    pexpect copies and re-searches the whole buffer after every read.  When every pattern matches at
+    most ``width`` characters, and the buffer had no match before the fresh data came, a new match
+    must end in the fresh data, so it starts at most ``width`` before it: only that tail is searched
+    (with ``_CONTEXT`` more characters, seen through ``re``'s ``pos`` so that ``^``, ``\\b`` and
+    lookarounds behave as on the whole buffer).  ``before``, ``after``, ``match`` are pexpect's.
+    """
+
+    def __init__(self, spawn: Any, searcher: Any, width: int) -> None:
+        super().__init__(spawn, searcher, None)
+        self.width = width
+
+    def new_data(self, data: str) -> int | None:
+        spawn = self.spawn
+        spawn._before.write(data)
+        old_len = spawn._buffer.tell()
+        spawn._buffer.write(data)
+        first = max(0, old_len - self.width - _CONTEXT)  # the earliest start a new match can have
+        start = max(0, first - _CONTEXT)
+        spawn._buffer.seek(start)
+        window = spawn._buffer.read()
+        best: tuple[int, re.Match[str]] | None = None
+        for index, regex in self.searcher._searches:
+            m = regex.search(window, first - start)
+            if m is not None and (best is None or m.start() < best[1].start()):
+                best = (index, m)
+        if best is None:
+            keep = self.width + 3 * _CONTEXT
+            if len(window) > keep:
+                spawn._buffer = spawn.buffer_type()
+                spawn._buffer.write(window[-keep:])
+            return None
+        index, m = best
+        everything = spawn._before.getvalue()
+        spawn.before = everything[: len(everything) - (len(window) - m.start())]
+        spawn.after = m.group(0)
+        spawn.match = m
+        spawn.match_index = index
+        spawn._buffer = spawn.buffer_type()
+        spawn._buffer.write(window[m.end() :])
+        spawn._before = spawn.buffer_type()
+        spawn._before.write(window[m.end() :])
+        self.searcher.start, self.searcher.end, self.searcher.match = m.start(), m.end(), m
+        return index
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -338,17 +423,21 @@ class LinuxShell:
         console.sendline(
             f"printf '\\036B{token}\\036\\n'; {{ {command}\n}}; printf '\\036E{token}:%d\\036\\n' $?"
         )
-        pattern = re.compile(f"\x1eB{token}\x1e\r?\n(.*?)\x1eE{token}:(-?\\d+)\x1e", re.DOTALL)
+        # Two bounded patterns rather than one spanning the output: a long output is then searched
+        # in a window (see _WindowedExpecter), not re-searched whole after every read.
+        begin = re.compile(f"\x1eB{token}\x1e\r?\n")
+        end = re.compile(f"\x1eE{token}:(-?\\d+)\x1e")
         start = time.monotonic()
+        deadline = start + (console.timeout if timeout is None else timeout)
         try:
-            console.expect(pattern, timeout=console.timeout if timeout is None else timeout)
+            console.expect(begin, timeout=max(0.0, deadline - time.monotonic()))
+            console.expect(end, timeout=max(0.0, deadline - time.monotonic()))
         except ConsoleTimeout as exc:
             raise ConsoleTimeout(
-                console.device, f"the end of command {command!r}", exc.timeout, console.tail()
-            ) from None
-        match = console.match
-        output = _ANSI.sub("", match.group(1)).replace("\r\n", "\n").rstrip("\n")
-        return RunResult(command, output, int(match.group(2)), time.monotonic() - start)
+                console.device, f"the end of command {command!r}", deadline - start, console.tail()
+            ) from exc
+        output = _ANSI.sub("", console.before).replace("\r\n", "\n").rstrip("\n")
+        return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)
 
 
 class UBootShell:
@@ -389,14 +478,16 @@ class UBootShell:
         console = self.console
         token = f"{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
         console.sendline(f'echo @@B""{token}@@; {command}; echo @@E""{token}:$?@@')
-        pattern = re.compile(f"@@B{token}@@\r?\n(.*?)@@E{token}:(-?\\d+)@@{self.prompt}", re.DOTALL)
         start = time.monotonic()
+        deadline = start + (console.timeout if timeout is None else timeout)
         try:
-            console.expect(pattern, timeout=console.timeout if timeout is None else timeout)
+            console.expect(f"@@B{token}@@\r?\n", timeout=max(0.0, deadline - time.monotonic()))
+            console.expect(
+                f"@@E{token}:(-?\\d+)@@{self.prompt}", timeout=max(0.0, deadline - time.monotonic())
+            )
         except ConsoleTimeout as exc:
             raise ConsoleTimeout(
-                console.device, f"the end of U-Boot command {command!r}", exc.timeout, console.tail()
-            ) from None
-        match = console.match
-        output = match.group(1).replace("\r\n", "\n").rstrip("\n")
-        return RunResult(command, output, int(match.group(2)), time.monotonic() - start)
+                console.device, f"the end of U-Boot command {command!r}", deadline - start, console.tail()
+            ) from exc
+        output = console.before.replace("\r\n", "\n").rstrip("\n")
+        return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

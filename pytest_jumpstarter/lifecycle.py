@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .driver import DeviceContext, Driver, Transcript
+from .errors import JumpstarterError
 from .locking import DeviceLease, Holder
 from .target import DeviceSpec, Redactor, TargetDescription
 
@@ -59,6 +60,9 @@ class ItemDevices:
 
 
 ITEM_DEVICES = pytest.StashKey[ItemDevices]()
+#: A device that failed to start or reset for a test, and what was being done: the report shows
+#: the driver's message instead of the plugin's frames.
+DEVICE_FAILURE = pytest.StashKey[tuple[BaseException, str]]()
 
 
 class DeviceManager:
@@ -102,6 +106,9 @@ class DeviceManager:
         others = [d for d in self.live.values() if d.target.name != target]
         self._stop_many(others, item=None)
 
+    def has_module_devices(self) -> bool:
+        return any(d.spec.scope == "module" for d in self.live.values())
+
     def end_module(self) -> None:
         """A test module ended: stop the module-scoped devices."""
         self._stop_many([d for d in self.live.values() if d.spec.scope == "module"], item=None)
@@ -139,21 +146,36 @@ class DeviceManager:
             device = self.live.get((target.name, current))
             if device is not None and device in used.devices:
                 continue
-            if device is None:
-                device = self._start(target, target.devices[current], item, used)
-            elif device.uses > 0 and device.spec.reset != "none":
-                self._begin(device, used)
-                try:
-                    self._reset(device, item)
-                except BaseException:
-                    # A device that failed to reset is in no known state: the next test gets a fresh one.
-                    self._stop_many([device, *self._dependents(device)], item)
-                    raise
-            else:
-                self._begin(device, used)
+            try:
+                if device is None:
+                    device = self._start(target, target.devices[current], item, used)
+                elif device.uses > 0 and device.spec.reset != "none":
+                    self._begin(device, used)
+                    self._reset_or_drop(device, item)
+                else:
+                    self._begin(device, used)
+            except JumpstarterError as exc:
+                what = "starting" if device is None else "resetting"
+                item.stash[DEVICE_FAILURE] = (
+                    exc,
+                    f"while {what} device {current!r} of target {target.name!r}",
+                )
+                raise
             device.uses += 1
             device.last_item = item
         return self.live[(target.name, name)].driver
+
+    def _reset_or_drop(self, device: LiveDevice, item: pytest.Item) -> None:
+        __tracebackhide__ = True
+        try:
+            self._reset(device, item)
+        except BaseException:
+            # A device that failed to reset is in no known state: the next test gets a fresh one.
+            try:
+                self._stop_many([device, *self._dependents(device)], item)
+            except Exception as exc:
+                log.warning("stopping %s after its failed reset failed too: %s", device.spec.name, exc)
+            raise
 
     def _begin(self, device: LiveDevice, used: ItemDevices) -> None:
         used.devices.append(device)
@@ -286,7 +308,13 @@ class DeviceManager:
                 self.hook.pytest_jumpstarter_device_teardown(device=device.driver, item=item)
         finally:
             try:
-                device.driver.stop()
+                try:
+                    device.driver.stop()
+                except KeyboardInterrupt:
+                    # Ctrl-C or SIGTERM in the middle of a stop: finish stopping (stop() is idempotent),
+                    # then let the interrupt through; a device must not outlive the run.
+                    device.driver.stop()
+                    raise
             finally:
                 del self.live[(device.target.name, device.spec.name)]
                 shutil.rmtree(device.workdir, ignore_errors=True)
@@ -301,6 +329,7 @@ class DeviceManager:
         return self._root
 
     def logdir(self) -> Path:
+        """Per-test console logs go to ``<logdir>/<test id>/<device>.log``."""
         if self._logdir is None:
             self._logdir = self._logdir_factory()
         return self._logdir

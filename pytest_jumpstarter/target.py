@@ -7,8 +7,6 @@ name is close to a known one.  Nothing here starts a device or touches pytest fi
 
 from __future__ import annotations
 
-import configparser
-import difflib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +28,7 @@ GENERIC_KEYS: Mapping[str, Setting] = {
     "scope": Setting("str", default="test", choices=SCOPES),
     "reset": Setting("str", default="none", choices=RESET_MODES),
     "exclusive": Setting("bool", default=False),
-    "lock": Setting("str", default=None, doc="lease name of an exclusive device (default: <target>/<device>)"),
+    "lock": Setting("str", default=None, doc="lease name of an exclusive device (default: target/device)"),
     "lock_timeout": Setting("duration", default=None, doc="how long to wait for an exclusive device"),
 }
 #: How long a run waits for an exclusive device held by another run, unless told otherwise.
@@ -137,6 +135,8 @@ class _Problems:
 
 def suggest(word: str, choices: Iterable[str]) -> str:
     """A "; did you mean 'x'?" suffix when ``word`` is close to one of ``choices``, else ""."""
+    import difflib
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -250,6 +250,9 @@ def _ini_keyname(path: tuple[str, ...]) -> str:
 
 
 def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
+    import configparser
+    import difflib
+
     lines: dict[tuple[str, ...], int] = {}
     doc = _Doc({}, lines, _ini_keyname)
     problems.doc = doc
@@ -276,7 +279,9 @@ def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
         source = text.splitlines()
         for lineno, _ in exc.errors:
             found = source[lineno - 1].strip() if 0 < lineno <= len(source) else "?"
-            problems.add((), f"ini syntax error: expected 'key = value' or a [section], found {found!r}", lineno)
+            problems.add(
+                (), f"ini syntax error: expected 'key = value' or a [section], found {found!r}", lineno
+            )
         return None
     except configparser.Error as exc:
         problems.add((), f"ini syntax error: {exc}")
@@ -315,19 +320,16 @@ def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
         elif path[0] == "devices" and len(path) == 2 and path[1]:
             devices[path[1]] = values
         else:
-            known = ["target", "labels", "device NAME"]
             head = section.split()[0] if section.split() else section
-            hint = ""
             if difflib.get_close_matches(head, ["device"], n=1, cutoff=0.6):
-                rest = section[len(head) :].strip() or "NAME"
-                hint = f"; did you mean [device {rest}]?"
+                hint = f"; did you mean [device {section[len(head) :].strip() or 'NAME'}]?"
+            elif close := difflib.get_close_matches(section, ["target", "labels"], n=1, cutoff=0.6):
+                hint = f"; did you mean [{close[0]}]?"
             else:
-                hint = suggest(section, ["target", "labels"]).replace("'", "[", 1).replace("'", "]", 1)
+                hint = ""
             problems.add(
                 (),
-                f"unknown section [{section}]{hint} (expected one of: "
-                + ", ".join(f"[{k}]" for k in known)
-                + ")",
+                f"unknown section [{section}]{hint} (expected one of: [target], [labels], [device NAME])",
                 line=lines.get(path),
             )
     if devices:

@@ -247,13 +247,12 @@ class QemuBoard(Driver):
             self.on()
             return None
         console = self.console
-        since = len(self.events)
+        seen = len(self.events)
         self.execute("system_reset")
-        # The reset happens in QEMU's main loop a little after the command returns, with the vCPU
-        # paused; its RESET event comes after the old guest's last serial bytes.  Only then is
-        # everything from before the reset (a late prompt, say) readable: drop it, or it would look
-        # like the board is ready.
-        self.wait_event("RESET", timeout=10.0, since=since)
+        # The reset happens after QMP answers; its RESET event says it did.  QEMU writes serial output
+        # to the socket as the guest makes it, so everything from before the reset (a late prompt, say)
+        # is readable by then: drop it, or it would look like the board is ready.
+        self.wait_event("RESET", timeout=10.0, since=seen)
         console.drain(quiet=0.0, limit=0.5)
         self._wait_ready("after system_reset")
         return None
@@ -607,7 +606,7 @@ class QemuBoard(Driver):
             cmd += ["-kernel", str(s("kernel"))]
             append = s("append")
             if append is None:
-                append = f"console={self._defaults['tty']} quiet loglevel=3 panic=-1"
+                append = f"console={self._defaults['tty']},115200 quiet loglevel=3 panic=-1"
             cmd += ["-append", append]
         if s("initrd"):
             cmd += ["-initrd", str(s("initrd"))]
@@ -696,7 +695,12 @@ class QemuBoard(Driver):
                 console_sock = self._accept(listeners[0], deadline, "the console socket")
                 qmp_sock = self._accept(listeners[1], deadline, "the QMP socket")
                 self.events = Events()
-                self._qmp = Qmp(self.device_name, qmp_sock, timeout=max(1.0, deadline - time.monotonic()))
+                try:
+                    self._qmp = Qmp(self.device_name, qmp_sock, timeout=max(1.0, deadline - time.monotonic()))
+                except DriverError:
+                    if self._wait_exit(2.0):  # QEMU died during the handshake: say that, not "QMP failed"
+                        raise self._exited("while starting (during the QMP handshake)") from None
+                    raise
                 self.events = self._qmp.events
                 self._console = Console(
                     SocketTransport(console_sock),
@@ -750,9 +754,9 @@ class QemuBoard(Driver):
             return False
         return True
 
-    def _wait_ready(self, context: str) -> None:
+    def _wait_ready(self, context: str, timeout: float | None = None) -> None:
         console = self.console
-        timeout = float(self._setting("boot_timeout"))
+        timeout = float(self._setting("boot_timeout")) if timeout is None else timeout
         if self.shell_kind == "uboot" and not self._setting("ready"):
             self.uboot.interrupt(timeout)
         else:
@@ -838,7 +842,8 @@ def _probe_kvm(board: QemuBoard) -> str:
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
         try:
             board._launch("kvm")
-            board._wait_ready("(KVM probe)")
+            # A guest that hangs under KVM must not cost the whole boot timeout on every run.
+            board._wait_ready("(KVM probe)", min(30.0, float(board._setting("boot_timeout"))))
             result = "kvm"
         except DriverError as exc:
             board.ctx.progress(

@@ -8,7 +8,7 @@ import pytest
 
 #: A conftest for inner runs: driver ``rec`` writes every lifecycle event to ``events.log`` next to
 #: the target file, and the hooks record what they were called with.
-REC_CONFTEST = '''
+REC_CONFTEST = """
 import os
 import pytest
 from pytest_jumpstarter import Driver, DriverError, Setting, device_fixture
@@ -23,6 +23,8 @@ class Rec(Driver):
         "can_reset": Setting("bool", True),
         "events": Setting("path", "events.log"),
         "say": Setting("str", ""),
+        "slow_stop": Setting("bool", False),
+        "interrupt_start": Setting("bool", False),
     }
 
     def note(self, text):
@@ -35,6 +37,8 @@ class Rec(Driver):
         (self.ctx.workdir / "state").write_text("x")
         if self.ctx.settings["say"]:
             self.ctx.transcript.write(self.ctx.settings["say"] + "\\n")
+        if self.ctx.settings["interrupt_start"]:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a boot
         if self.ctx.settings["fail_start"]:
             raise DriverError(self.ctx.name, "power supply says no (expected 12 V, found 0 V)")
         board = self.ctx.refs.get("board")
@@ -43,6 +47,11 @@ class Rec(Driver):
         self.started = True
 
     def stop(self):
+        if self.ctx.settings["slow_stop"] and self.started:
+            self.started = False
+            print("STOPPING", flush=True)
+            import threading
+            threading.Event().wait(60)  # interrupted by the test's SIGTERM
         self.note(f"stop {self.ctx.target}/{self.ctx.name}")
         self.started = False
 
@@ -73,7 +82,7 @@ def pytest_jumpstarter_device_teardown(device, item):
 
 rec = device_fixture("rec")
 other = device_fixture("other")
-'''
+"""
 
 
 def events(pytester: pytest.Pytester) -> list[str]:

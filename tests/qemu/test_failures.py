@@ -156,3 +156,14 @@ def test_check_reports_inconsistent_settings(settings: dict[str, object], key: s
 def test_board_from_refuses_nothing_bootable(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="needs something to boot"):
         board_from({}, tmp_path)
+
+
+def test_accel_auto_boots_with_what_really_works(make_board: MakeBoard, images: Images) -> None:
+    """KVM only after a probe boots (here /dev/kvm may exist while KVM aborts or hangs): else TCG."""
+    board = make_board(linux_settings(images, accel="auto"))
+    board.start()
+    accel = board._command[board._command.index("-accel") + 1]
+    assert accel == board._accel_resolved
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert accel == "tcg"
+    assert board.console.run("echo booted").output == "booted"

@@ -1,0 +1,96 @@
+"""QEMU boards through the plugin (pytester): fixtures, transcripts, a board killed mid-run, no survivors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pytest_jumpstarter_qemu.images import Images
+from qemu_board_helpers import qemu_pids
+
+pytestmark = pytest.mark.qemu
+
+
+def linux_target(pytester: pytest.Pytester, images: Images, device: str = "") -> None:
+    pytester.makefile(
+        ".yaml",
+        board=f"""
+        name: qemu-x86_64
+        labels: {{arch: x86_64}}
+        devices:
+          qemu_vm:
+            driver: qemu
+            kernel: {images.linux_kernel}
+            initrd: {images.linux_initrd}
+            {device}
+        """,
+    )
+
+
+def pids_recorded(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def test_console_transcript_reaches_the_report_and_the_log_file(
+    pytester: pytest.Pytester, images: Images
+) -> None:
+    linux_target(pytester, images)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.device(arch="x86_64")
+        def test_guest_says_hello(qemu_vm):
+            assert qemu_vm.console.run("echo hello-from-the-guest").ok
+            assert False, "show me the console"
+        """
+    )
+    logdir = pytester.path / "logs"
+    result = pytester.runpytest("--target=board.yaml", f"--jumpstarter-logdir={logdir}", "-p", "no:randomly")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Captured console qemu_vm call*", "hello-from-the-guest"])
+    (log,) = logdir.rglob("qemu_vm.log")
+    assert "hello-from-the-guest" in log.read_text()
+    assert "BusyBox" in log.read_text()  # the boot (setup) is in the test's log as well
+
+
+def test_a_killed_qemu_fails_its_test_and_the_next_test_gets_a_fresh_board(
+    pytester: pytest.Pytester, images: Images
+) -> None:
+    """One board for the module (reset: reboot): a test kills its QEMU; the next test still gets a board."""
+    linux_target(pytester, images, device="scope: module\n            reset: reboot")
+    pids = pytester.path / "pids.txt"
+    pytester.makepyfile(
+        f"""
+        import os, signal
+
+        def record(board):
+            with open({str(pids)!r}, "a") as f:
+                f.write(f"{{board._proc.pid}}\\n")
+
+        def test_killed(qemu_vm):
+            record(qemu_vm)
+            os.kill(qemu_vm._proc.pid, signal.SIGKILL)
+            qemu_vm.console.run("echo unreachable")
+
+        def test_next(qemu_vm):
+            record(qemu_vm)
+            assert qemu_vm.console.run("echo fresh").output == "fresh"
+        """
+    )
+    result = pytester.runpytest("--target=board.yaml", "-p", "no:randomly")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*DeviceExited*process exited, killed by signal 9*", "*command: qemu-system-x86_64*"]
+    )
+    first, second = pids_recorded(pids)
+    assert first != second
+    assert not {first, second} & qemu_pids()  # nothing the run started survives it
+
+
+def test_a_qemu_that_cannot_start_is_a_clear_setup_error(pytester: pytest.Pytester, images: Images) -> None:
+    linux_target(pytester, images, device="extra_args: [-no-such-option]")
+    pytester.makepyfile("def test_boot(qemu_vm):\n    pass\n")
+    result = pytester.runpytest("--target=board.yaml")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*exited with code 1*while starting*", "*invalid option*"])
