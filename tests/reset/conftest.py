@@ -1,22 +1,11 @@
-"""Fixtures of the reset family's tests: demo images, and the records inner runs leave behind."""
+"""Fixtures of the reset family's tests (helpers are in reset_support)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import pytest
-from pytest_jumpstarter_qemu.images import Images, require_images
+from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, Images, require_images
 
 
 @pytest.fixture(scope="session")
 def images() -> Images:
-    return require_images("linux-x86_64/vmlinuz", "linux-x86_64/initramfs.cpio.gz")
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines an inner run's tests appended to ``path``, in the order they ran."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return require_images(LINUX_KERNEL, LINUX_INITRD)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import read_records
 from pytest_jumpstarter_qemu.images import Images
+from reset_support import read_records
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(240)]
 
