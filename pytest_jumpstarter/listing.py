@@ -50,7 +50,12 @@ def render(targets: Sequence[TargetDescription], sources: Sequence[str], items: 
             )
             lines.append(
                 f"    {device.name}: driver {device.driver.name}, role {device.role}, scope {scope}, "
-                f"reset {device.reset}" + (", exclusive" if device.exclusive else "")
+                f"reset {device.reset}"
+                + (
+                    f", exclusive (lock {device.lock or f'{target.name}/{device.name}'})"
+                    if device.exclusive
+                    else ""
+                )
             )
             for key, value in device.settings.items():
                 declared = device.driver.settings.get(key)
