@@ -169,6 +169,8 @@ class QemuBoard(Driver):
         self.forwards: dict[str, int] = {}
         self.events: Events = Events()
         self.boots = 0
+        #: Seconds of the last power-on: "launch" (process start to the guest running), "ready" (to ready).
+        self.timings: dict[str, float] = {}
         self._accel_resolved: str | None = None
 
     def _setting(self, key: str) -> Any:
@@ -247,7 +249,9 @@ class QemuBoard(Driver):
         accel = self._resolve_accel()
         self._launch(accel)
         try:
+            start = time.monotonic()
             self._wait_ready("while booting")
+            self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
         except BaseException:
             self.off()
             raise
@@ -541,6 +545,7 @@ class QemuBoard(Driver):
             self.ctx.workdir.mkdir(parents=True, exist_ok=True)
             (self.ctx.workdir / "qemu.cmdline").write_text(shlex.join(command) + "\n")
             with open(self._stderr_path, "wb") as stderr:
+                launched = time.monotonic()
                 self._proc = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
@@ -580,6 +585,7 @@ class QemuBoard(Driver):
                 self._read_forwards()
                 self._qmp.execute("cont", timeout=5.0)
                 self.boots += 1
+                self.timings = {"launch": time.monotonic() - launched}
             except BaseException:
                 self.off()
                 raise
