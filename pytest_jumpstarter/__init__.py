@@ -5,27 +5,70 @@ The public surface is re-exported here; everything else is private to the plugin
 
 from __future__ import annotations
 
-from .capabilities import FlashResult, HasConsole, Network, Power
-from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
-from .driver import DeviceContext, Driver, Transcript
-from .errors import (
-    BoardPanic,
-    ConsoleClosed,
-    ConsoleTimeout,
-    DeviceExited,
-    DeviceStateError,
-    DriverError,
-    FlashError,
-    JumpstarterError,
-    LockTimeout,
-    Problem,
-    TargetError,
-    TunnelError,
-)
-from .lifecycle import Target
-from .plugin import device_fixture
-from .settings import Setting
-from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use: pytest imports this package for its plugin on every run, and most runs
+# (no target configured) need none of it.  Type checkers see the real imports.
+if TYPE_CHECKING:
+    from .capabilities import FlashResult, HasConsole, Network, Power
+    from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
+    from .driver import DeviceContext, Driver, Transcript
+    from .errors import (
+        BoardPanic,
+        ConsoleClosed,
+        ConsoleTimeout,
+        DeviceExited,
+        DeviceStateError,
+        DriverError,
+        FlashError,
+        JumpstarterError,
+        LockTimeout,
+        Problem,
+        TargetError,
+        TunnelError,
+    )
+    from .lifecycle import Target
+    from .plugin import device_fixture
+    from .settings import Setting
+    from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
+
+_WHERE = {
+    "BoardPanic": "errors",
+    "Console": "console",
+    "ConsoleClosed": "errors",
+    "ConsoleTimeout": "errors",
+    "DeviceContext": "driver",
+    "DeviceExited": "errors",
+    "DeviceSpec": "target",
+    "DeviceStateError": "errors",
+    "Driver": "driver",
+    "DriverError": "errors",
+    "FlashError": "errors",
+    "FlashResult": "capabilities",
+    "HasConsole": "capabilities",
+    "JumpstarterError": "errors",
+    "LinuxShell": "console",
+    "LockTimeout": "errors",
+    "Network": "capabilities",
+    "Power": "capabilities",
+    "Problem": "errors",
+    "Redactor": "target",
+    "RunResult": "console",
+    "SerialTransport": "console",
+    "Setting": "settings",
+    "SocketTransport": "console",
+    "Target": "lifecycle",
+    "TargetDescription": "target",
+    "TargetError": "errors",
+    "Transcript": "driver",
+    "TunnelError": "errors",
+    "UBootShell": "console",
+    "device_fixture": "plugin",
+    "load_target": "target",
+    "load_targets": "target",
+}
+
 
 __all__ = [
     "BoardPanic",
@@ -62,3 +105,16 @@ __all__ = [
     "load_target",
     "load_targets",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_jumpstarter' has no attribute {name!r}")
+    # Not cached here: the submodule in sys.modules stays the one source of truth, so classes agree
+    # (isinstance/issubclass) even where sys.modules is snapshot and restored, as pytester does.
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -38,11 +38,16 @@ class Transcript:
         self._redact = redact
         self._lock = threading.Lock()
         self._file: TextIO | None = None
+        self._path: Path | None = None
         self._buffer = io.StringIO()
         self._size = 0
 
     def write(self, text: str) -> int:
         with self._lock:
+            if self._file is None and self._path is not None:
+                # Opened at the first output, so a quiet device costs no file per test.
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
             if self._file is not None:
                 self._file.write(self._redact(text))
             self._buffer.write(text)
@@ -66,9 +71,7 @@ class Transcript:
             self._close_file()
             self._buffer = io.StringIO()
             self._size = 0
-            if log_path is not None:
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            self._path = log_path
 
     def end(self) -> str:
         """Close the section and return its (redacted, possibly tail-only) text."""
@@ -80,6 +83,7 @@ class Transcript:
         return self._redact(text[-self.report_limit :])
 
     def _close_file(self) -> None:
+        self._path = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .driver import DeviceContext, Driver, Transcript
+from .errors import JumpstarterError
 from .target import DeviceSpec, Redactor, TargetDescription
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class ItemDevices:
 
 
 ITEM_DEVICES = pytest.StashKey[ItemDevices]()
+#: A device that failed to start or reset for a test, and what was being done: the report shows
+#: the driver's message instead of the plugin's frames.
+DEVICE_FAILURE = pytest.StashKey[tuple[BaseException, str]]()
 
 
 class DeviceManager:
@@ -65,14 +69,14 @@ class DeviceManager:
         targets: Sequence[TargetDescription],
         hook: pluggy.HookRelay,
         redact: Redactor,
-        logdir: Callable[[], Path],
+        logdir: Path,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.hook = hook
         self.redact = redact
-        self._logdir_factory = logdir
-        self._logdir: Path | None = None
+        #: Per-test console logs go to ``<logdir>/<test id>/<device>.log``.
+        self.logdir = logdir
         self._extra = dict(extra or {})
         self.live: dict[tuple[str, str], LiveDevice] = {}
         self.active: str | None = None
@@ -88,6 +92,9 @@ class DeviceManager:
         self.active = target
         others = [d for d in self.live.values() if d.target.name != target]
         self._stop_many(others, item=None)
+
+    def has_module_devices(self) -> bool:
+        return any(d.spec.scope == "module" for d in self.live.values())
 
     def end_module(self) -> None:
         """A test module ended: stop the module-scoped devices."""
@@ -126,21 +133,36 @@ class DeviceManager:
             device = self.live.get((target.name, current))
             if device is not None and device in used.devices:
                 continue
-            if device is None:
-                device = self._start(target, target.devices[current], item, used)
-            elif device.uses > 0 and device.spec.reset != "none":
-                self._begin(device, used)
-                try:
-                    self._reset(device, item)
-                except BaseException:
-                    # A device that failed to reset is in no known state: the next test gets a fresh one.
-                    self._stop_many([device, *self._dependents(device)], item)
-                    raise
-            else:
-                self._begin(device, used)
+            try:
+                if device is None:
+                    device = self._start(target, target.devices[current], item, used)
+                elif device.uses > 0 and device.spec.reset != "none":
+                    self._begin(device, used)
+                    self._reset_or_drop(device, item)
+                else:
+                    self._begin(device, used)
+            except JumpstarterError as exc:
+                what = "starting" if device is None else "resetting"
+                item.stash[DEVICE_FAILURE] = (
+                    exc,
+                    f"while {what} device {current!r} of target {target.name!r}",
+                )
+                raise
             device.uses += 1
             device.last_item = item
         return self.live[(target.name, name)].driver
+
+    def _reset_or_drop(self, device: LiveDevice, item: pytest.Item) -> None:
+        __tracebackhide__ = True
+        try:
+            self._reset(device, item)
+        except BaseException:
+            # A device that failed to reset is in no known state: the next test gets a fresh one.
+            try:
+                self._stop_many([device, *self._dependents(device)], item)
+            except Exception as exc:
+                log.warning("stopping %s after its failed reset failed too: %s", device.spec.name, exc)
+            raise
 
     def _begin(self, device: LiveDevice, used: ItemDevices) -> None:
         used.devices.append(device)
@@ -252,13 +274,8 @@ class DeviceManager:
             self._root = Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-"))
         return self._root
 
-    def logdir(self) -> Path:
-        if self._logdir is None:
-            self._logdir = self._logdir_factory()
-        return self._logdir
-
     def _item_log_dir(self, item: pytest.Item) -> Path | None:
-        return self.logdir() / _safe(item.nodeid)
+        return self.logdir / _safe(item.nodeid)
 
     def transcripts(self, item: pytest.Item, final: bool) -> Iterator[tuple[str, str]]:
         """End each device's transcript section for ``item``: yields ``(device, text)``.
@@ -276,7 +293,7 @@ class DeviceManager:
             elif self._is_live(device):
                 # Between tests a kept device's output goes to its own log file.
                 device.transcript.begin(
-                    self.logdir() / "devices" / f"{_safe(device.target.name)}-{_safe(device.spec.name)}.log"
+                    self.logdir / "devices" / f"{_safe(device.target.name)}-{_safe(device.spec.name)}.log"
                 )
             if text:
                 yield device.spec.name, text

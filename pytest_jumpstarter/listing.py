@@ -53,6 +53,9 @@ def render(targets: Sequence[TargetDescription], sources: Sequence[str], items: 
                 f"reset {device.reset}" + (", exclusive" if device.exclusive else "")
             )
             for key, value in device.settings.items():
+                declared = device.driver.settings.get(key)
+                if declared is not None and not declared.required and declared.default == value:
+                    continue  # defaults would drown what the file says
                 if key in device.refs:
                     lines.append(f"      {key} -> device {value}")
                 else:

@@ -87,6 +87,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if config.option.jumpstarter_list and getattr(config.option, "dist", "no") != "no":
+        # Listing happens where the tests are collected: in this process, not in xdist workers.
+        config.option.dist = "no"
+        config.option.numprocesses = None
+        config.option.tx = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -356,6 +365,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             _warn(config, f"stopping a device failed: {run.redact(str(exc))}")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    yield
+    run = item.config.stash.get(RUN, None)
+    if run is not None and run.manager is not None and run.manager.has_module_devices():
+        module = item.getparent(pytest.Module)
+        if nextitem is None or nextitem.getparent(pytest.Module) is not module:
+            # The last test of a module: its module-scoped devices have served their purpose.
+            run.manager.end_module()
+
+
 # --- reports: console transcripts, cold boots, secrets -----------------------------------------------
 
 
@@ -369,11 +389,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if run is None:
         return report
     if call.when == "setup" and call.excinfo is not None:
-        from .errors import JumpstarterError
+        from .lifecycle import DEVICE_FAILURE
 
-        if isinstance(call.excinfo.value, JumpstarterError):
-            # A device that would not start: its message says it all; the plugin's frames say nothing.
-            report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+        failure = item.stash.get(DEVICE_FAILURE, None)
+        if failure is not None and failure[0] is call.excinfo.value:
+            # A device that would not start: the driver's message says it all, the plugin's frames nothing.
+            report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}\n({failure[1]})"
     if run.redact:
         report.sections = [(name, run.redact(content)) for name, content in report.sections]
         if report.longrepr is not None:
@@ -391,17 +412,16 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
     if run.manager is None:
         from .lifecycle import DeviceManager
 
-        logdir = config.option.jumpstarter_logdir
-
-        def make_logdir() -> Path:
-            if logdir:
-                return Path(logdir).resolve()
+        given = config.option.jumpstarter_logdir
+        if given:
+            logdir = (config.invocation_params.dir / given).resolve()
+        else:
             factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-            return factory.getbasetemp() / "jumpstarter-logs"
+            logdir = factory.getbasetemp() / "jumpstarter-logs"
 
         worker = getattr(config, "workerinput", {}).get("workerid")
         run.manager = DeviceManager(
-            run.targets, config.hook, run.redact, make_logdir, extra={"worker": worker} if worker else None
+            run.targets, config.hook, run.redact, logdir, extra={"worker": worker} if worker else None
         )
     return run.manager
 
@@ -417,17 +437,9 @@ def _jumpstarter_target(request: pytest.FixtureRequest) -> TargetDescription | N
     return manager.targets[name]
 
 
-@pytest.fixture(scope="module")
-def _jumpstarter_module(request: pytest.FixtureRequest) -> Generator[None]:
-    yield
-    run = request.config.stash.get(RUN, None)
-    if run is not None and run.manager is not None:
-        run.manager.end_module()
-
-
 @pytest.fixture
 def target(
-    request: pytest.FixtureRequest, _jumpstarter_target: TargetDescription | None, _jumpstarter_module: None
+    request: pytest.FixtureRequest, _jumpstarter_target: TargetDescription | None
 ) -> Generator[Target]:
     """The target this test runs on; ``target.device(role)`` starts a device for the test."""
     if _jumpstarter_target is None:

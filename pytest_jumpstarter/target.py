@@ -7,8 +7,6 @@ name is close to a known one.  Nothing here starts a device or touches pytest fi
 
 from __future__ import annotations
 
-import configparser
-import difflib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -129,6 +127,8 @@ class _Problems:
 
 def suggest(word: str, choices: Iterable[str]) -> str:
     """A "; did you mean 'x'?" suffix when ``word`` is close to one of ``choices``, else ""."""
+    import difflib
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -242,6 +242,9 @@ def _ini_keyname(path: tuple[str, ...]) -> str:
 
 
 def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
+    import configparser
+    import difflib
+
     lines: dict[tuple[str, ...], int] = {}
     doc = _Doc({}, lines, _ini_keyname)
     problems.doc = doc
@@ -268,7 +271,9 @@ def _parse_ini(text: str, problems: _Problems) -> _Doc | None:
         source = text.splitlines()
         for lineno, _ in exc.errors:
             found = source[lineno - 1].strip() if 0 < lineno <= len(source) else "?"
-            problems.add((), f"ini syntax error: expected 'key = value' or a [section], found {found!r}", lineno)
+            problems.add(
+                (), f"ini syntax error: expected 'key = value' or a [section], found {found!r}", lineno
+            )
         return None
     except configparser.Error as exc:
         problems.add((), f"ini syntax error: {exc}")

@@ -8,7 +8,7 @@ import pytest
 
 #: A conftest for inner runs: driver ``rec`` writes every lifecycle event to ``events.log`` next to
 #: the target file, and the hooks record what they were called with.
-REC_CONFTEST = '''
+REC_CONFTEST = """
 import os
 import pytest
 from pytest_jumpstarter import Driver, DriverError, Setting, device_fixture
@@ -73,7 +73,7 @@ def pytest_jumpstarter_device_teardown(device, item):
 
 rec = device_fixture("rec")
 other = device_fixture("other")
-'''
+"""
 
 
 def events(pytester: pytest.Pytester) -> list[str]:

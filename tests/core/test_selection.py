@@ -68,20 +68,26 @@ def test_target_option_puts_the_target_name_in_device_test_ids(boards: pytest.Py
 def test_repeated_target_runs_each_device_test_once_per_target(boards: pytest.Pytester) -> None:
     result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "-v")
     result.assert_outcomes(passed=6, skipped=3)
-    result.stdout.fnmatch_lines(["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"])
-    result.stdout.fnmatch_lines(["*test_needs_other[[]board-b[]] PASSED*", "*test_arm_only[[]board-b[]] PASSED*"])
+    result.stdout.fnmatch_lines(
+        ["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"]
+    )
+    result.stdout.fnmatch_lines(
+        ["*test_needs_other[[]board-b[]] PASSED*", "*test_arm_only[[]board-b[]] PASSED*"]
+    )
 
 
 def test_k_selects_one_board(boards: pytest.Pytester) -> None:
     result = boards.runpytest("--target=boards/a.yaml", "--target=boards/b.yaml", "-v", "-k", "board-b")
     result.assert_outcomes(passed=3, skipped=1, deselected=5)
-    assert "board-a" not in "".join(l for l in result.outlines if "PASSED" in l)
+    assert "board-a" not in "".join(line for line in result.outlines if "PASSED" in line)
 
 
 def test_env_var_holds_several_paths(boards: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JUMPSTARTER_TARGET", os.pathsep.join(["boards/a.yaml", "boards/b.yaml"]))
     result = boards.runpytest("-v")
-    result.stdout.fnmatch_lines(["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"])
+    result.stdout.fnmatch_lines(
+        ["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"]
+    )
 
 
 def test_command_line_wins_over_the_env_var(boards: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,14 +100,20 @@ def test_command_line_wins_over_the_env_var(boards: pytest.Pytester, monkeypatch
 def test_ini_option_lists_targets_relative_to_the_ini_file(boards: pytest.Pytester) -> None:
     boards.makeini("[pytest]\njumpstarter_targets =\n    boards/a.yaml\n    boards/b.yaml\n")
     sub = boards.mkdir("sub")
-    result = boards.runpytest("-v", f"--rootdir={boards.path}", "-c", str(boards.path / "tox.ini"), str(sub.parent))
-    result.stdout.fnmatch_lines(["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"])
+    result = boards.runpytest(
+        "-v", f"--rootdir={boards.path}", "-c", str(boards.path / "tox.ini"), str(sub.parent)
+    )
+    result.stdout.fnmatch_lines(
+        ["*test_uses_rec[[]board-a[]] PASSED*", "*test_uses_rec[[]board-b[]] PASSED*"]
+    )
 
 
 def test_without_target_device_tests_skip_saying_how_to_enable_them(boards: pytest.Pytester) -> None:
     result = boards.runpytest("-rs")
     result.assert_outcomes(passed=1, skipped=4)
-    result.stdout.fnmatch_lines(["*needs a target: pass --target=board.yaml, set JUMPSTARTER_TARGET*jumpstarter_targets*"])
+    result.stdout.fnmatch_lines(
+        ["*needs a target: pass --target=board.yaml, set JUMPSTARTER_TARGET*jumpstarter_targets*"]
+    )
     assert "[board-a]" not in result.stdout.str()
     assert events(boards) == []
 
@@ -112,7 +124,8 @@ def test_unmet_role_skips_for_that_target_naming_what_is_missing(boards: pytest.
         [
             "*target 'board-a' cannot run this test: no device with role 'other' (it has: rec)*",
             "*target 'board-a' cannot run this test: label arch is 'x86_64', the test needs 'aarch64'*",
-            "*target 'board-b' cannot run this test: label arch is 'aarch64', the test needs 'x86_64' or 'riscv64'*",
+            "*target 'board-b' cannot run this test: label arch is 'aarch64', "
+            "the test needs 'x86_64' or 'riscv64'*",
         ]
     )
 
@@ -165,7 +178,8 @@ def test_jumpstarter_list_shows_targets_devices_and_tests_without_starting_anyth
             "    test_boards.py::test_uses_rec[[]board-a[]]",
             "    test_boards.py::test_x86_or_riscv[[]board-a[]]",
             "  tests skipped here (2):",
-            "*test_needs_other[[]board-a[]]: target 'board-a' cannot run this test: no device with role 'other'*",
+            "*test_needs_other[[]board-a[]]: target 'board-a' cannot run this test: "
+            "no device with role 'other'*",
             "*",
             "target board-b  (boards/b.yaml)",
             "*",
@@ -250,12 +264,19 @@ def test_two_drivers_with_one_name_is_an_error_naming_both(rec_pytester: pytest.
     result = rec_pytester.runpytest("-p", "more_drivers", "--target=a.yaml")
     assert result.ret == 4
     result.stderr.fnmatch_lines(
-        ["*driver name 'rec' is provided twice: *conftest.Rec (from *) and more_drivers.Rec2 (from *more_drivers*)*"]
+        [
+            "*driver name 'rec' is provided twice: *conftest.Rec (from *) "
+            "and more_drivers.Rec2 (from *more_drivers*)*"
+        ]
     )
 
 
 def test_role_served_by_a_differently_named_device(rec_pytester: pytest.Pytester) -> None:
-    write(rec_pytester, "t.yaml", "name: t\ndevices:\n  main_board: {driver: rec}\n  aux: {driver: other, role: helper}\n")
+    write(
+        rec_pytester,
+        "t.yaml",
+        "name: t\ndevices:\n  main_board: {driver: rec}\n  aux: {driver: other, role: helper}\n",
+    )
     rec_pytester.makepyfile(
         """
         import pytest
@@ -277,3 +298,59 @@ def test_ambiguous_role_skips_with_a_reason(rec_pytester: pytest.Pytester) -> No
     rec_pytester.makepyfile("def test_x(rec): pass\n")
     result = rec_pytester.runpytest("--target=t.yaml", "-rs")
     result.stdout.fnmatch_lines(["*role 'rec' is served by several devices (one, two)*"])
+
+
+def test_driver_packages_are_not_imported_without_a_target(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            loaded = sorted(m for m in sys.modules if m.startswith("pytest_jumpstarter_"))
+            print("driver packages loaded:", loaded or "none")
+        """
+    )
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-s")
+    result.stdout.fnmatch_lines(["*driver packages loaded: none"])
+    write(pytester, "t.yaml", "name: t\ndevices:\n  console: {driver: serial, url: 'loop://'}\n")
+    result = pytester.runpytest_subprocess("-s", "--target=t.yaml")
+    result.stdout.fnmatch_lines(["*driver packages loaded: [[]*'pytest_jumpstarter_serial'*"])
+
+
+def test_a_driver_package_from_the_entry_point_group_is_registered(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib import metadata
+
+    write(
+        pytester,
+        "acme_drivers.py",
+        "import pytest\nfrom pytest_jumpstarter import Driver\n"
+        "class Relay(Driver):\n    name = 'acme-relay'\n    role = 'power'\n"
+        "@pytest.hookimpl\ndef pytest_jumpstarter_add_drivers():\n    return [Relay]\n",
+    )
+    pytester.syspathinsert()
+    real = metadata.entry_points
+
+    def entry_points(**kw: str) -> object:
+        found = list(real(**kw))
+        if kw.get("group") == "pytest_jumpstarter.drivers":
+            found.append(metadata.EntryPoint("acme", "acme_drivers", "pytest_jumpstarter.drivers"))
+        return found
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    write(pytester, "t.yaml", "name: t\ndevices:\n  relay: {driver: acme-relay}\n")
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.device('power')\ndef test_x(target):\n    assert target.device('power').started\n"
+    )
+    pytester.runpytest("--target=t.yaml").assert_outcomes(passed=1)
+    blocked = pytester.runpytest("--target=t.yaml", "-p", "no:jumpstarter-drivers-acme")
+    assert blocked.ret == pytest.ExitCode.USAGE_ERROR
+    blocked.stderr.fnmatch_lines(["*unknown driver 'acme-relay'*"])
+
+
+def test_jumpstarter_list_with_xdist_lists_in_this_process(boards: pytest.Pytester) -> None:
+    result = boards.runpytest("--target=boards/a.yaml", "--jumpstarter-list", "-n", "2")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["  tests that run here (2):", "    test_boards.py::test_uses_rec[[]board-a[]]"])

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from core_support import write
+from pytest_jumpstarter_serial import SerialConsole
 
 from pytest_jumpstarter import ConsoleTimeout, DeviceContext, DriverError, Transcript
-from pytest_jumpstarter_serial import SerialConsole
 
 
 def make(url: str, **settings: object) -> SerialConsole:
@@ -38,7 +38,9 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     try:
         deadline = time.monotonic() + 10
         while not (a.exists() and b.exists()):
-            assert proc.poll() is None, f"socat exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+            assert proc.poll() is None, (
+                f"socat exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+            )
             assert time.monotonic() < deadline, "socat made no pty links within 10 s"
             # socat gives no signal when its links exist: poll the file system.
             threading.Event().wait(0.01)
@@ -64,7 +66,7 @@ def test_pty_pair_carries_lines_both_ways(pty_pair: tuple[Path, Path]) -> None:
         right.stop()
 
 
-def test_socket_url_talks_to_a_real_tcp_listener() -> None:
+def test_socket_url_talks_to_a_real_tcp_listener_and_keeps_its_first_words() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     got: list[bytes] = []
@@ -74,7 +76,13 @@ def test_socket_url_talks_to_a_real_tcp_listener() -> None:
         with conn:
             conn.sendall(b"U-Boot 2023.01\r\n=> ")
             conn.settimeout(5)
-            got.append(conn.recv(100))
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(100)
+                if not chunk:
+                    break
+                line += chunk
+            got.append(line)
             conn.sendall(b"version\r\nU-Boot 2023.01 (Jan 01 2023)\r\n=> ")
             conn.recv(100)  # stay connected until the client hangs up
 
@@ -99,7 +107,7 @@ def test_loop_url_echoes_and_times_out_with_the_console_tail() -> None:
     try:
         con.sendline("hello")
         con.expect("hello")
-        with pytest.raises(ConsoleTimeout, match="timed out after 0.2s waiting for 'never'"):
+        with pytest.raises(ConsoleTimeout, match=r"timed out after 0\.2s waiting for 'never'"):
             con.expect("never")
     finally:
         con.stop()
@@ -112,7 +120,9 @@ def test_unopenable_port_names_the_url_and_what_to_do() -> None:
     port = listener.getsockname()[1]
     listener.close()  # nothing listens there now
     con = make(f"socket://127.0.0.1:{port}", open_timeout=0.3)
-    with pytest.raises(DriverError, match=rf"cannot open serial port 'socket://127.0.0.1:{port}'.*within open_timeout=0.3s"):
+    with pytest.raises(
+        DriverError, match=rf"cannot open serial port 'socket://127.0.0.1:{port}'.*within open_timeout=0.3s"
+    ):
         con.start()
     assert not con.started
 
@@ -142,4 +152,6 @@ def test_serial_console_fixture_end_to_end(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("--target=board.yaml", "-v")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*test_echo[[]loop-board[]] PASSED*", "*Captured console console call*", "kernel says hi"])
+    result.stdout.fnmatch_lines(
+        ["*test_echo[[]loop-board[]] PASSED*", "*Captured console console call*", "kernel says hi"]
+    )

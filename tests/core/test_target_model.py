@@ -113,7 +113,8 @@ board = vm
 def test_secret_values_are_redacted_from_problems(tmp_path: Path) -> None:
     path = write_file(
         tmp_path / "t.yaml",
-        "name: t\nsecrets: [BMC_PASSWORD]\ndevices:\n  vm: {driver: board, kernel: k, memory: '${BMC_PASSWORD}'}\n",
+        "name: t\nsecrets: [BMC_PASSWORD]\n"
+        "devices:\n  vm: {driver: board, kernel: k, memory: '${BMC_PASSWORD}'}\n",
     )
     with pytest.raises(TargetError) as info:
         load_target(path, DRIVERS, environ={"BMC_PASSWORD": "hunter2"})
@@ -161,7 +162,12 @@ def test_secrets_never_appear_in_reports_logs_or_listings(
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "s3cr3t-pw" not in out
-    for shown in ("*Captured console rec setup*", "login with [*][*][*]", "password: [*][*][*]", "stdout [*][*][*]"):
+    for shown in (
+        "*Captured console rec setup*",
+        "login with [*][*][*]",
+        "password: [*][*][*]",
+        "stdout [*][*][*]",
+    ):
         result.stdout.fnmatch_lines([shown])
     logs = "".join(p.read_text() for p in logdir.rglob("*.log"))
     assert "login with ***" in logs and "s3cr3t-pw" not in logs

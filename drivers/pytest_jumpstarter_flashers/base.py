@@ -1,0 +1,380 @@
+"""What every flasher of the family shares: targets and partitions, the flash loop, results, file I/O.
+
+A method (a driver) implements :meth:`FlasherDriver.write` (put the blocks of an image at a
+destination), :meth:`FlasherDriver.verify` (read them back and compare), and :meth:`FlasherDriver.dump`;
+it may wrap a whole flash in :meth:`FlasherDriver.session` (power the board off and on, stop U-Boot).
+The base class turns that into ``flash(image, target, verify)`` returning a
+:class:`~pytest_jumpstarter.capabilities.FlashResult`, and into a :class:`FlashError` naming the
+method and the place for anything that went wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import stat
+import struct
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pytest_jumpstarter.capabilities import FlashResult
+from pytest_jumpstarter.driver import Driver
+from pytest_jumpstarter.errors import FlashError
+from pytest_jumpstarter.settings import Setting, SettingValueError, coerce
+
+from .image import BLOCK_SIZE, Image, ImageError, open_image, zero_block
+from .progress import MIB, Progress
+
+ImageArg = str | PathLike[str]
+
+#: ``BLKZEROOUT``: ask a block device to zero a byte range itself (often without moving the zeros).
+_BLKZEROOUT = 0x127F
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one image goes: ``offset`` bytes into ``storage``, at most ``size`` bytes if known."""
+
+    name: str
+    storage: str
+    offset: int = 0
+    size: int | None = None
+
+    def describe(self) -> str:
+        if self.name != self.storage:
+            return f"{self.name} ({self.storage} at offset {self.offset})"
+        return self.storage
+
+
+_PARTITION = re.compile(r"^\s*(?:(?P<storage>[^:+\s]+):)?(?P<offset>[^+\s]+)(?:\s*\+\s*(?P<size>\S+))?\s*$")
+
+
+class FlasherDriver(Driver):
+    """Base of the flasher methods; ``name`` is the method as ``driver:`` names it."""
+
+    role = "flasher"
+    #: The storage written when ``flash()`` is given no target.
+    default_storage: ClassVar[str] = "disk"
+
+    common_settings: ClassVar[dict[str, Setting]] = {
+        "board": Setting("ref", default=None, doc="the board this flasher acts on"),
+        "partitions": Setting(
+            "mapping",
+            default={},
+            doc="named regions: 'NAME: [STORAGE:]OFFSET[+SIZE]' (sizes such as 1M), flash(img, target=NAME)",
+        ),
+        "progress_interval": Setting("duration", default=5.0, doc="at most one progress line this often"),
+        "download_timeout": Setting("duration", default=30.0, doc="deadline for each read of an image URL"),
+        "checksum": Setting(
+            "str",
+            default="crc32",
+            choices=("crc32", "sha256"),
+            doc="the image checksum reported: crc32 (free) or sha256 (one more pass over every byte)",
+        ),
+    }
+
+    @classmethod
+    def check(cls, settings: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+        for name, spec in settings.get("partitions", {}).items():
+            try:
+                _parse_partition(str(name), str(spec), cls.default_storage)
+            except SettingValueError as exc:
+                yield f"partitions.{name}", str(exc)
+
+    # --- what a method provides ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Around all the images of one ``flash()`` call (power the board off and on, ...)."""
+        yield
+
+    def write(self, dest: Destination, image: Image, progress: Progress) -> int:
+        """Write ``image`` at ``dest``; return the bytes actually transferred."""
+        raise NotImplementedError
+
+    def verify(self, dest: Destination, image: Image, progress: Progress) -> None:
+        """Read back what :meth:`write` wrote and raise :class:`FlashError` at the first difference."""
+        raise NotImplementedError
+
+    def storages(self) -> list[str]:
+        """The storage names ``flash(target=...)`` accepts besides the partitions."""
+        return [self.default_storage]
+
+    def dump(self, target: str, path: str | PathLike[str], size: int) -> int:
+        """Copy the first ``size`` bytes of ``target`` into the file ``path``; return bytes copied."""
+        raise NotImplementedError
+
+    # --- the shared flash loop ----------------------------------------------------------------
+
+    @property
+    def board(self) -> Any:
+        return self.ctx.refs.get("board")
+
+    def resolve(self, target: str | None) -> Destination:
+        """The :class:`Destination` for a storage or partition name (``None``: the default storage)."""
+        if target is None:
+            return Destination(self.default_storage, self.default_storage)
+        partitions = self.ctx.settings.get("partitions", {})
+        if target in partitions:
+            return _parse_partition(target, str(partitions[target]), self.default_storage)
+        if target in self.storages():
+            return Destination(target, target)
+        known = ", ".join(repr(n) for n in [*self.storages(), *partitions]) or "none"
+        raise FlashError(
+            self.device_name,
+            f"{self.name}: no storage or partition named {target!r}; known: {known} "
+            "(add it under 'partitions:' in the target description)",
+        )
+
+    def flash(
+        self,
+        image: ImageArg | Mapping[str, ImageArg],
+        target: str | None = None,
+        verify: bool = True,
+    ) -> Any:
+        """Write ``image`` (or ``{partition: image}``) and, with ``verify``, prove it by reading back.
+
+        Returns a :class:`FlashResult`, or a dict of them keyed by partition for a mapping.
+        """
+        self.require_started("flash()")
+        if isinstance(image, Mapping):
+            if target is not None:
+                raise FlashError(self.device_name, f"{self.name}: give either target= or a mapping, not both")
+            jobs = [(self.resolve(name), img) for name, img in image.items()]
+        else:
+            jobs = [(self.resolve(target), image)]
+        results: dict[str, FlashResult] = {}
+        with self.session():
+            for dest, img in jobs:
+                results[dest.name] = self._flash_one(dest, img, verify)
+        if isinstance(image, Mapping):
+            return results
+        return results[jobs[0][0].name]
+
+    def _flash_one(self, dest: Destination, source: ImageArg, verify: bool) -> FlashResult:
+        start = time.monotonic()
+        settings = self.ctx.settings
+        try:
+            with open_image(
+                source,
+                timeout=settings.get("download_timeout", 30.0),
+                checksum=settings.get("checksum", "crc32"),
+            ) as image:
+                what = f"{self.device_name} ({self.name}) {image.name} -> {dest.name}"
+                progress = Progress(
+                    self.ctx.progress,
+                    what,
+                    image.expected_size,
+                    interval=settings.get("progress_interval", 5.0),
+                )
+                written = self.write(dest, image, progress)
+                if dest.size is not None and image.digest.size > dest.size:
+                    # write() stops at the partition's end; this only catches a method that does not.
+                    raise self.fail(dest, f"image is {image.digest.size} bytes, the partition {dest.size}")
+                if verify:
+                    self.verify(dest, image, progress)
+        except ImageError as exc:
+            raise FlashError(self.device_name, f"{self.name} flash of {dest.describe()}: {exc}") from exc
+        duration = time.monotonic() - start
+        size = image.digest.size
+        progress.finish(size, ", verified" if verify else ", not verified")
+        return FlashResult(
+            method=self.name,
+            target=dest.name,
+            bytes_written=written,
+            image_size=size,
+            duration=duration,
+            checksum=image.digest.checksum,
+            verified=verify,
+        )
+
+    def fail(self, dest: Destination, message: str) -> FlashError:
+        return FlashError(self.device_name, f"{self.name} flash of {dest.describe()}: {message}")
+
+
+def _parse_partition(name: str, spec: str, default_storage: str) -> Destination:
+    m = _PARTITION.match(spec)
+    if not m:
+        raise SettingValueError(f"expected '[STORAGE:]OFFSET[+SIZE]' such as 'disk:1M+64M', found {spec!r}")
+    size_setting = Setting("size")
+    offset = coerce(size_setting, m.group("offset"), Path())
+    size = coerce(size_setting, m.group("size"), Path()) if m.group("size") else None
+    return Destination(name, m.group("storage") or default_storage, offset, size)
+
+
+# --- file and block-device targets (block, qemu-disk) -------------------------------------------
+
+
+def write_blocks(
+    flasher: FlasherDriver,
+    dest: Destination,
+    fd: int,
+    image: Image,
+    progress: Progress,
+    *,
+    zeros: str,
+    sync: bool = True,
+) -> int:
+    """Write the image's blocks into ``fd`` at ``dest.offset``; returns bytes written.
+
+    ``zeros`` says what to do with an all-zero block: ``"skip"`` (the target reads as zeros there
+    already: a fresh sparse file), ``"write"`` (write them), or ``"zeroout"`` (a block device:
+    ``BLKZEROOUT``, writing them when the device cannot).  ``sync`` fsyncs at the end.
+    """
+    written = 0
+    pending_zero: list[int] = []  # [start, end) of a run of zero blocks, flushed lazily
+    for block in image.blocks():
+        if dest.size is not None and block.offset + block.length > dest.size:
+            raise flasher.fail(
+                dest,
+                f"image does not fit: block at image offset {block.offset} ends at "
+                f"{block.offset + block.length}, the partition holds {dest.size} bytes",
+            )
+        position = dest.offset + block.offset
+        if block.data is None:
+            if zeros == "skip":
+                pass
+            elif pending_zero and pending_zero[1] == position:
+                pending_zero[1] = position + block.length
+            else:
+                written += _zero_range(flasher, dest, fd, pending_zero, zeros)
+                pending_zero = [position, position + block.length]
+        else:
+            written += _zero_range(flasher, dest, fd, pending_zero, zeros)
+            pending_zero = []
+            _pwrite_all(flasher, dest, fd, block.data, position)
+            written += block.length
+        progress.update(block.offset + block.length)
+    written += _zero_range(flasher, dest, fd, pending_zero, zeros)
+    if sync:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise flasher.fail(dest, f"fsync failed after writing: {exc.strerror}") from exc
+    return written
+
+
+def _pwrite_all(flasher: FlasherDriver, dest: Destination, fd: int, data: bytes, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            count = os.pwrite(fd, view, position)
+        except OSError as exc:
+            raise flasher.fail(
+                dest, f"write of {len(view)} bytes at offset {position} failed: {exc.strerror}"
+            ) from exc
+        if count == 0:
+            raise flasher.fail(dest, f"write at offset {position} wrote nothing (storage full?)")
+        view = view[count:]
+        position += count
+
+
+def _zero_range(flasher: FlasherDriver, dest: Destination, fd: int, run: list[int], zeros: str) -> int:
+    if not run:
+        return 0
+    start, end = run
+    if zeros == "zeroout":
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, _BLKZEROOUT, struct.pack("QQ", start, end - start))
+            return end - start
+    block, _ = zero_block(BLOCK_SIZE)
+    position = start
+    while position < end:
+        length = min(BLOCK_SIZE, end - position)
+        _pwrite_all(flasher, dest, fd, block[:length], position)
+        position += length
+    return end - start
+
+
+def verify_blocks(
+    flasher: FlasherDriver, dest: Destination, fd: int, image: Image, progress: Progress
+) -> None:
+    """Read the image's extent back from ``fd`` and compare block CRCs; name the first difference."""
+    digest = image.digest
+    size = digest.size
+    block_size = digest.block_size
+    _, zero_crc = zero_block(block_size)
+    regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    if not regular:
+        # A device: drop the cached pages (clean after fsync) so we read what the medium holds.
+        # An image file's page cache is what its readers (QEMU) see, so it is the truth there.
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, dest.offset, size, os.POSIX_FADV_DONTNEED)
+    for index, expected in enumerate(digest.crcs):
+        offset = index * block_size
+        length = min(block_size, size - offset)
+        position = dest.offset + offset
+        if regular and expected == zero_crc and length == block_size and _is_hole(fd, position, length):
+            continue
+        data = os.pread(fd, length, position)
+        if len(data) != length:
+            raise flasher.fail(
+                dest,
+                f"verify: block {index} at offset {position}: expected {length} bytes, "
+                f"read back {len(data)} (storage shorter than the image?)",
+            )
+        found = zlib.crc32(data)
+        if found != expected:
+            first = _first_difference(data, image, offset, length)
+            raise flasher.fail(
+                dest,
+                f"verify: block {index} (offset {position}, {length} bytes) differs: expected CRC32 "
+                f"{expected:08x}, found {found:08x}{first}",
+            )
+        progress.update(offset + length, "verifying")
+
+
+def _first_difference(data: bytes, image: Image, offset: int, length: int) -> str:
+    """Where a zero block differs (the only block whose expected bytes we still know without re-reading)."""
+    _, zero_crc = zero_block(length)
+    if image.digest.crcs[offset // image.digest.block_size] != zero_crc:
+        return ""
+    for i, byte in enumerate(data):
+        if byte:
+            return f"; first non-zero byte at offset {offset + i}: {byte:#04x}"
+    return ""
+
+
+def _is_hole(fd: int, position: int, length: int) -> bool:
+    try:
+        data = os.lseek(fd, position, os.SEEK_DATA)
+    except OSError as exc:
+        return exc.errno == errno.ENXIO
+    return data >= position + length
+
+
+def dump_file(fd: int, offset: int, path: str | PathLike[str], size: int) -> int:
+    """Copy ``size`` bytes from ``fd`` at ``offset`` into a new file ``path`` (holes stay holes)."""
+    copied = 0
+    zeros, _ = zero_block(BLOCK_SIZE)
+    with open(path, "wb") as out:
+        while copied < size:
+            length = min(BLOCK_SIZE, size - copied)
+            data = os.pread(fd, length, offset + copied)
+            if not data:
+                break
+            if data == zeros[: len(data)]:
+                out.seek(len(data), os.SEEK_CUR)
+            else:
+                out.write(data)
+            copied += len(data)
+        out.truncate(copied)
+    return copied
+
+
+__all__ = [
+    "MIB",
+    "Destination",
+    "FlasherDriver",
+    "dump_file",
+    "verify_blocks",
+    "write_blocks",
+]

@@ -1,0 +1,567 @@
+"""``dfu``: USB Device Firmware Upgrade 1.1 over pyusb, written from the DFU 1.1 specification.
+
+A flash is: find the device (``DFU_DETACH`` and wait for it to come back in DFU mode if it runs
+its application), select the alternate setting named by the target, get it to ``dfuIDLE``
+(``CLRSTATUS`` out of ``dfuERROR``, ``ABORT`` out of a half-done transfer), then one ``DFU_DNLOAD``
+per ``wTransferSize`` bytes, each followed by ``DFU_GETSTATUS`` polls that wait the
+``bwPollTimeout`` the device asks for; a zero-length ``DFU_DNLOAD`` starts manifestation, polled
+the same way (a device that is not manifestation tolerant gets a USB reset).  Verification
+uploads the image back (``DFU_UPLOAD``) and compares it block by block.
+
+Every failure is a :class:`FlashError` naming the block and offset, the device's status
+(``errWRITE``...) and state, and what was expected; a stall (pipe error) is followed by a
+GETSTATUS to say why, and the device is left in ``dfuIDLE`` when it can still be reached.
+
+``backend: simulated`` uses :mod:`.dfu_sim` (a software device behind pyusb's backend interface).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import time
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+from os import PathLike
+from typing import Any
+
+import usb.core
+import usb.util
+
+from pytest_jumpstarter.errors import DriverError, FlashError
+from pytest_jumpstarter.settings import Setting
+
+from .base import Destination, FlasherDriver
+from .image import Image, ImageError
+from .progress import Progress
+
+_OUT = 0x21  # host-to-device, class, interface
+_IN = 0xA1  # device-to-host, class, interface
+_FUNCTIONAL = 0x21  # DFU functional descriptor type
+
+
+class Request(IntEnum):
+    DETACH = 0
+    DNLOAD = 1
+    UPLOAD = 2
+    GETSTATUS = 3
+    CLRSTATUS = 4
+    GETSTATE = 5
+    ABORT = 6
+
+
+class State(IntEnum):
+    appIDLE = 0
+    appDETACH = 1
+    dfuIDLE = 2
+    dfuDNLOAD_SYNC = 3
+    dfuDNBUSY = 4
+    dfuDNLOAD_IDLE = 5
+    dfuMANIFEST_SYNC = 6
+    dfuMANIFEST = 7
+    dfuMANIFEST_WAIT_RESET = 8
+    dfuUPLOAD_IDLE = 9
+    dfuERROR = 10
+
+
+class Status(IntEnum):
+    OK = 0x00
+    errTARGET = 0x01
+    errFILE = 0x02
+    errWRITE = 0x03
+    errERASE = 0x04
+    errCHECK_ERASED = 0x05
+    errPROG = 0x06
+    errVERIFY = 0x07
+    errADDRESS = 0x08
+    errNOTDONE = 0x09
+    errFIRMWARE = 0x0A
+    errVENDOR = 0x0B
+    errUSBR = 0x0C
+    errPOR = 0x0D
+    errUNKNOWN = 0x0E
+    errSTALLEDPKT = 0x0F
+
+
+def _name(enum: type[IntEnum], value: int) -> str:
+    try:
+        return enum(value).name.replace("_", "-")
+    except ValueError:
+        return f"unknown({value})"
+
+
+@dataclass(frozen=True)
+class DfuStatus:
+    status: int
+    poll_timeout_ms: int
+    state: int
+
+    def __str__(self) -> str:
+        return f"status {_name(Status, self.status)}, state {_name(State, self.state)}"
+
+
+@dataclass(frozen=True)
+class Functional:
+    """The DFU functional descriptor: what the device can do and its transfer size."""
+
+    can_download: bool
+    can_upload: bool
+    manifestation_tolerant: bool
+    will_detach: bool
+    detach_timeout_ms: int
+    transfer_size: int
+
+    @classmethod
+    def parse(cls, extra: Any) -> Functional | None:
+        raw = bytes(extra or b"")
+        while len(raw) >= 2:
+            length, kind = raw[0], raw[1]
+            if length < 2:
+                break
+            if kind == _FUNCTIONAL and length >= 7:
+                attributes = raw[2]
+                return cls(
+                    can_download=bool(attributes & 0x01),
+                    can_upload=bool(attributes & 0x02),
+                    manifestation_tolerant=bool(attributes & 0x04),
+                    will_detach=bool(attributes & 0x08),
+                    detach_timeout_ms=raw[3] | raw[4] << 8,
+                    transfer_size=raw[5] | raw[6] << 8,
+                )
+            raw = raw[length:]
+        return None
+
+
+class _Fault(Exception):
+    """A protocol failure, turned into a FlashError with the destination by the driver."""
+
+
+class DfuSession:
+    """The DFU protocol on one interface of one opened device."""
+
+    def __init__(self, device: Any, interface: int, functional: Functional, timeout_ms: int) -> None:
+        self.device = device
+        self.interface = interface
+        self.functional = functional
+        self.timeout_ms = timeout_ms
+
+    # --- single requests ------------------------------------------------------------------------
+
+    def _out(self, request: Request, value: int, data: bytes | int = 0) -> None:
+        self.device.ctrl_transfer(_OUT, request, value, self.interface, data, self.timeout_ms)
+
+    def get_status(self) -> DfuStatus:
+        reply = bytes(
+            self.device.ctrl_transfer(_IN, Request.GETSTATUS, 0, self.interface, 6, self.timeout_ms)
+        )
+        if len(reply) != 6:
+            raise _Fault(
+                f"bad GETSTATUS reply: expected 6 bytes, got {len(reply)} ({reply.hex() or 'nothing'})"
+            )
+        state = reply[4]
+        if state > max(State):
+            raise _Fault(f"bad GETSTATUS reply: state {state} is not a DFU 1.1 state ({reply.hex()})")
+        return DfuStatus(reply[0], reply[1] | reply[2] << 8 | reply[3] << 16, state)
+
+    def get_state(self) -> int:
+        reply = bytes(self.device.ctrl_transfer(_IN, Request.GETSTATE, 0, self.interface, 1, self.timeout_ms))
+        if len(reply) != 1:
+            raise _Fault(f"bad GETSTATE reply: expected 1 byte, got {len(reply)}")
+        return reply[0]
+
+    def wait_while_busy(self, status: DfuStatus, busy: tuple[State, ...], deadline: float) -> DfuStatus:
+        """Poll GETSTATUS, waiting the device's ``bwPollTimeout`` before each, while it is busy."""
+        while status.state in busy and status.status == Status.OK:
+            if time.monotonic() + status.poll_timeout_ms / 1000 > deadline:
+                raise _Fault(f"device still busy ({status}) at the deadline")
+            if status.poll_timeout_ms:
+                # The device said how long it will not answer (it is programming its flash).
+                time.sleep(status.poll_timeout_ms / 1000)
+            status = self.get_status()
+        return status
+
+    def to_idle(self) -> None:
+        """Bring the interface to dfuIDLE from wherever an earlier run left it."""
+        status = self.get_status()
+        if status.state == State.dfuERROR:
+            self._out(Request.CLRSTATUS, 0)
+        elif status.state in (State.dfuDNLOAD_IDLE, State.dfuUPLOAD_IDLE):
+            self._out(Request.ABORT, 0)
+        elif status.state in (State.dfuDNLOAD_SYNC, State.dfuDNBUSY, State.dfuMANIFEST_SYNC):
+            status = self.wait_while_busy(
+                status, (State.dfuDNBUSY, State.dfuDNLOAD_SYNC, State.dfuMANIFEST_SYNC), time.monotonic() + 10
+            )
+            if status.state == State.dfuERROR:
+                self._out(Request.CLRSTATUS, 0)
+            elif status.state != State.dfuIDLE:
+                self._out(Request.ABORT, 0)
+        state = self.get_state()
+        if state != State.dfuIDLE:
+            raise _Fault(f"cannot bring the device to dfuIDLE: it stays in {_name(State, state)}")
+
+    def recover(self) -> None:
+        """Best effort after a failure: CLRSTATUS/ABORT so the next flash starts clean."""
+        with contextlib.suppress(usb.core.USBError, _Fault):
+            self.to_idle()
+
+
+def _is_gone(exc: usb.core.USBError) -> bool:
+    return exc.errno == errno.ENODEV or getattr(exc, "backend_error_code", None) == -4
+
+
+def _is_stall(exc: usb.core.USBError) -> bool:
+    return exc.errno == errno.EPIPE or getattr(exc, "backend_error_code", None) == -9
+
+
+class DfuFlasher(FlasherDriver):
+    """Flashes a USB DFU 1.1 device; targets are its alternate settings, by name or number."""
+
+    name = "dfu"
+    default_storage = "0"
+    settings = {
+        **FlasherDriver.common_settings,
+        "vendor_id": Setting("int", default=None, doc="USB idVendor (e.g. 0x0483)"),
+        "product_id": Setting("int", default=None, doc="USB idProduct in DFU or run-time mode"),
+        "serial": Setting("str", default=None, doc="USB serial number, when several devices match"),
+        "backend": Setting("str", default="libusb", choices=("libusb", "simulated"), doc="pyusb backend"),
+        "simulated_size": Setting("size", default=64 * 1024 * 1024, doc="storage of the simulated device"),
+        "simulated_alts": Setting(
+            "list", default=["flash"], doc="alternate settings of the simulated device"
+        ),
+        "request_timeout": Setting("duration", default=5.0, doc="deadline of one USB control request"),
+        "detach_timeout": Setting(
+            "duration", default=10.0, doc="wait for the device in DFU mode after detach"
+        ),
+        "manifest_timeout": Setting("duration", default=60.0, doc="deadline for manifestation"),
+        "find_timeout": Setting("duration", default=2.0, doc="how long to look for the device on the bus"),
+    }
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.simulator: Any = None
+        self.backend: Any = None
+        self._alts: dict[str, int] = {}
+
+    # --- finding the device ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        settings = self.ctx.settings
+        self.backend = self.ctx.extra.get("usb_backend")
+        if self.backend is None and settings.get("backend") == "simulated":
+            from .dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
+
+            self.simulator = SimulatedDfuDevice(
+                alt_names=tuple(settings.get("simulated_alts", ["flash"])),
+                size=settings.get("simulated_size", 64 * 1024 * 1024),
+            )
+            self.backend = SimulatedDfuBackend(self.simulator)
+        elif self.backend is not None:
+            self.simulator = getattr(self.backend, "device", None)
+        device = self._find(deadline=time.monotonic() + settings.get("find_timeout", 2.0))
+        if device is None:
+            raise DriverError(
+                self.device_name, f"dfu: no USB device matches {self._wanted()}: is it plugged in?"
+            )
+        self._alts = {name: alt for alt, name in self._alt_names(device).items()}
+        super().start()
+
+    def _wanted(self) -> str:
+        s = self.ctx.settings
+        parts = []
+        if s.get("vendor_id") is not None:
+            parts.append(f"idVendor {s['vendor_id']:#06x}")
+        if s.get("product_id") is not None:
+            parts.append(f"idProduct {s['product_id']:#06x}")
+        if s.get("serial"):
+            parts.append(f"serial {s['serial']!r}")
+        return ", ".join(parts) + " with a DFU interface" if parts else "any device with a DFU interface"
+
+    def _dfu_interfaces(self, device: Any) -> list[Any]:
+        try:
+            config = device[0]
+            return [i for i in config if i.bInterfaceClass == 0xFE and i.bInterfaceSubClass == 0x01]
+        except (usb.core.USBError, IndexError):
+            return []
+
+    def _find(self, deadline: float, dfu_mode: bool = False) -> Any:
+        s = self.ctx.settings
+
+        def match(device: Any) -> bool:
+            if s.get("vendor_id") is not None and device.idVendor != s["vendor_id"]:
+                return False
+            if s.get("product_id") is not None and device.idProduct != s["product_id"] and not dfu_mode:
+                return False
+            interfaces = self._dfu_interfaces(device)
+            if not interfaces or (dfu_mode and interfaces[0].bInterfaceProtocol != 2):
+                return False
+            if s.get("serial"):
+                try:
+                    return bool(usb.util.get_string(device, device.iSerialNumber) == s["serial"])
+                except (usb.core.USBError, ValueError):
+                    return False
+            return True
+
+        while True:
+            device = usb.core.find(backend=self.backend, custom_match=match)
+            if device is not None or time.monotonic() >= deadline:
+                return device
+            # Re-enumeration after a detach or reset takes the device a physical while; look again soon.
+            time.sleep(0.05)
+
+    def _alt_names(self, device: Any) -> dict[int, str]:
+        names = {}
+        for interface in self._dfu_interfaces(device):
+            alt = interface.bAlternateSetting
+            try:
+                names[alt] = (
+                    usb.util.get_string(device, interface.iInterface) if interface.iInterface else str(alt)
+                )
+            except (usb.core.USBError, ValueError):
+                names[alt] = str(alt)
+        return names
+
+    def storages(self) -> list[str]:
+        return [*self._alts, *(str(n) for n in self._alts.values())]
+
+    def resolve(self, target: str | None) -> Destination:
+        if target is None and self._alts:
+            first = next(iter(self._alts))
+            return Destination(first, first)
+        return super().resolve(target)
+
+    def _open(self, dest: Destination) -> DfuSession:
+        """Find the device, in DFU mode (detaching it if needed), with ``dest``'s alternate setting."""
+        timeout_ms = int(self.ctx.settings.get("request_timeout", 5.0) * 1000)
+        device = self._find(deadline=time.monotonic() + self.ctx.settings.get("find_timeout", 2.0))
+        if device is None:
+            raise self.fail(dest, f"no USB device matches {self._wanted()} (unplugged?)")
+        interfaces = self._dfu_interfaces(device)
+        functional = self._functional(device, interfaces)
+        if interfaces[0].bInterfaceProtocol == 1:
+            device = self._detach(dest, device, interfaces[0].bInterfaceNumber, functional, timeout_ms)
+            interfaces = self._dfu_interfaces(device)
+            functional = self._functional(device, interfaces)
+        alt = self._alts.get(dest.storage)
+        if alt is None:
+            alt = int(dest.storage) if dest.storage.isdigit() else 0
+        matching = [i for i in interfaces if i.bAlternateSetting == alt]
+        if not matching:
+            raise self.fail(
+                dest, f"the device has no DFU alternate setting {alt}; it has {self._alt_names(device)}"
+            )
+        number = matching[0].bInterfaceNumber
+        if len(interfaces) > 1:
+            device.set_interface_altsetting(number, alt)
+        return DfuSession(device, number, functional, timeout_ms)
+
+    def _functional(self, device: Any, interfaces: list[Any]) -> Functional:
+        for source in [*interfaces, device[0]]:
+            functional = Functional.parse(getattr(source, "extra_descriptors", None))
+            if functional is not None:
+                return functional
+        raise DriverError(self.device_name, "dfu: the device has no DFU functional descriptor")
+
+    def _detach(
+        self, dest: Destination, device: Any, interface: int, functional: Functional, timeout_ms: int
+    ) -> Any:
+        wait = min(functional.detach_timeout_ms, 0xFFFF) or 1000
+        try:
+            device.ctrl_transfer(_OUT, Request.DETACH, wait, interface, 0, timeout_ms)
+            if not functional.will_detach:
+                device.reset()
+        except usb.core.USBError as exc:
+            if not _is_gone(exc):  # a device that detaches at once may vanish under the request
+                raise self.fail(dest, f"DFU_DETACH failed: {exc}") from exc
+        usb.util.dispose_resources(device)
+        deadline = time.monotonic() + self.ctx.settings.get("detach_timeout", 10.0)
+        found = self._find(deadline, dfu_mode=True)
+        if found is None:
+            raise self.fail(
+                dest,
+                f"after DFU_DETACH the device did not come back in DFU mode within "
+                f"{self.ctx.settings.get('detach_timeout', 10.0)}s",
+            )
+        self._alts = {name: alt for alt, name in self._alt_names(found).items()}
+        return found
+
+    # --- flashing -------------------------------------------------------------------------------
+
+    def write(self, dest: Destination, image: Image, progress: Progress) -> int:
+        session = self._open(dest)
+        if not session.functional.can_download:
+            raise self.fail(dest, "the device does not support download (bitCanDnload is 0)")
+        transfer = session.functional.transfer_size or 1024
+        block_number = 0
+        offset = 0
+        pending = bytearray()
+        try:
+            session.to_idle()
+            for block in image.blocks():
+                pending += block.content()
+                while len(pending) >= transfer:
+                    self._download(session, dest, block_number, offset, bytes(pending[:transfer]))
+                    del pending[:transfer]
+                    offset += transfer
+                    block_number = (block_number + 1) & 0xFFFF
+                progress.update(offset)
+            if pending:
+                self._download(session, dest, block_number, offset, bytes(pending))
+                offset += len(pending)
+                block_number = (block_number + 1) & 0xFFFF
+            self._manifest(session, dest, block_number, offset)
+        except _Fault as exc:
+            session.recover()
+            raise self.fail(dest, str(exc)) from exc
+        except ImageError:
+            session.recover()  # the image broke off: ABORT, so the device does not keep half of it
+            raise
+        finally:
+            usb.util.dispose_resources(session.device)
+        return offset
+
+    def _download(
+        self, session: DfuSession, dest: Destination, number: int, offset: int, data: bytes
+    ) -> None:
+        where = f"block {number} (offset {offset}, {len(data)} bytes)"
+        try:
+            session._out(Request.DNLOAD, number, data)
+        except usb.core.USBError as exc:
+            raise self._usb_failure(session, dest, f"DFU_DNLOAD of {where}", exc) from exc
+        try:
+            status = session.get_status()
+            status = session.wait_while_busy(
+                status, (State.dfuDNBUSY, State.dfuDNLOAD_SYNC), time.monotonic() + 30.0
+            )
+        except usb.core.USBError as exc:
+            raise self._usb_failure(session, dest, f"DFU_GETSTATUS after {where}", exc) from exc
+        except _Fault as exc:
+            raise _Fault(f"{where}: {exc}") from exc
+        if status.status != Status.OK or status.state != State.dfuDNLOAD_IDLE:
+            raise _Fault(f"{where}: expected status OK, state dfuDNLOAD-IDLE; device reported {status}")
+
+    def _manifest(self, session: DfuSession, dest: Destination, number: int, size: int) -> None:
+        deadline = time.monotonic() + self.ctx.settings.get("manifest_timeout", 60.0)
+        where = f"manifestation after {size} bytes"
+        try:
+            session._out(Request.DNLOAD, number, b"")
+            status = session.get_status()
+            if not session.functional.manifestation_tolerant and status.state == State.dfuMANIFEST:
+                # It will not answer again until reset: wait the time it asked for, then reset it.
+                if status.poll_timeout_ms:
+                    time.sleep(status.poll_timeout_ms / 1000)  # the device is writing its flash
+                session.device.reset()
+                return
+            status = session.wait_while_busy(status, (State.dfuMANIFEST_SYNC, State.dfuMANIFEST), deadline)
+        except usb.core.USBError as exc:
+            raise self._usb_failure(session, dest, where, exc) from exc
+        if status.status != Status.OK or status.state not in (State.dfuIDLE, State.dfuMANIFEST_WAIT_RESET):
+            raise _Fault(f"{where}: expected status OK, state dfuIDLE; device reported {status}")
+        if status.state == State.dfuMANIFEST_WAIT_RESET:
+            session.device.reset()
+
+    def _usb_failure(
+        self, session: DfuSession, dest: Destination, what: str, exc: usb.core.USBError
+    ) -> FlashError:
+        if _is_gone(exc):
+            return self.fail(dest, f"{what}: the device vanished from the bus (unplugged or reset): {exc}")
+        if _is_stall(exc):
+            try:
+                status: DfuStatus | str = session.get_status()
+            except (usb.core.USBError, _Fault) as why:
+                status = f"GETSTATUS failed too: {why}"
+            session.recover()
+            return self.fail(dest, f"{what}: the device stalled the request (pipe error); then {status}")
+        session.recover()
+        return self.fail(dest, f"{what}: USB error: {exc}")
+
+    def verify(self, dest: Destination, image: Image, progress: Progress) -> None:
+        session = self._open(dest)
+        if not session.functional.can_upload:
+            raise self.fail(
+                dest,
+                "cannot verify: the device does not support upload (bitCanUpload is 0); "
+                "flash with verify=False to rely on the device's own manifestation check",
+            )
+        digest = image.digest
+        try:
+            session.to_idle()
+            reader = _UploadReader(session, digest.size)
+            for index, expected in enumerate(digest.crcs):
+                offset = index * digest.block_size
+                length = min(digest.block_size, digest.size - offset)
+                data = reader.read(length)
+                if len(data) != length:
+                    raise _Fault(
+                        f"verify: upload ended at offset {offset + len(data)}, expected {digest.size} bytes"
+                    )
+                found = zlib.crc32(data)
+                if found != expected:
+                    raise _Fault(
+                        f"verify: block {index} (offset {offset}, {length} bytes) differs: expected CRC32 "
+                        f"{expected:08x}, found {found:08x}"
+                    )
+                progress.update(offset + length, "verifying")
+            if session.get_state() == State.dfuUPLOAD_IDLE:
+                session._out(Request.ABORT, 0)
+        except usb.core.USBError as exc:
+            raise self._usb_failure(session, dest, "DFU_UPLOAD (verify)", exc) from exc
+        except _Fault as exc:
+            session.recover()
+            raise self.fail(dest, str(exc)) from exc
+        finally:
+            usb.util.dispose_resources(session.device)
+
+    def dump(self, target: str, path: str | PathLike[str], size: int) -> int:
+        dest = self.resolve(target)
+        session = self._open(dest)
+        try:
+            session.to_idle()
+            reader = _UploadReader(session, size)
+            copied = 0
+            with open(path, "wb") as out:
+                while copied < size and (data := reader.read(min(1024 * 1024, size - copied))):
+                    out.write(data)
+                    copied += len(data)
+            if session.get_state() == State.dfuUPLOAD_IDLE:
+                session._out(Request.ABORT, 0)
+            return copied
+        except (usb.core.USBError, _Fault) as exc:
+            session.recover()
+            raise self.fail(dest, f"dump: {exc}") from exc
+        finally:
+            usb.util.dispose_resources(session.device)
+
+
+class _UploadReader:
+    """DFU_UPLOAD blocks as a byte stream; a short block ends it (the device is then dfuIDLE)."""
+
+    def __init__(self, session: DfuSession, limit: int) -> None:
+        self.session = session
+        self.limit = limit
+        self.number = 0
+        self.buffer = bytearray()
+        self.ended = False
+        self.received = 0
+
+    def read(self, size: int) -> bytes:
+        transfer = self.session.functional.transfer_size or 1024
+        while len(self.buffer) < size and not self.ended and self.received < self.limit:
+            data = bytes(
+                self.session.device.ctrl_transfer(
+                    _IN,
+                    Request.UPLOAD,
+                    self.number,
+                    self.session.interface,
+                    transfer,
+                    self.session.timeout_ms,
+                )
+            )
+            self.number = (self.number + 1) & 0xFFFF
+            self.received += len(data)
+            self.buffer += data
+            if len(data) < transfer:
+                self.ended = True
+        out = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return out

@@ -1,0 +1,173 @@
+"""``qemu-disk``: write an image into a QEMU board's disk while the board is powered off.
+
+A whole-disk flash writes a fresh sparse raw file in the flasher's workdir (zero blocks stay holes,
+the file keeps at least the disk's old size, as a real card would) and hands it to the board with
+``set_disk``; a partition flash writes into the board's per-run raw disk file (a qcow2 overlay is
+first converted to a fresh raw file).  Base images are never opened for writing.  The board is
+powered off before and on after (it boots what was flashed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from pytest_jumpstarter.errors import DriverError
+from pytest_jumpstarter.settings import Setting
+
+from .base import Destination, FlasherDriver, dump_file, verify_blocks, write_blocks
+from .image import Image
+from .progress import Progress
+
+
+def _qemu_img(flasher: FlasherDriver, dest: Destination, *args: str, timeout: float = 300.0) -> str:
+    try:
+        result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as exc:
+        raise flasher.fail(dest, "qemu-img is not installed (apt-get install qemu-utils)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise flasher.fail(dest, f"qemu-img {' '.join(args)} did not finish within {timeout}s") from exc
+    if result.returncode != 0:
+        raise flasher.fail(dest, f"qemu-img {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def disk_size(flasher: FlasherDriver, dest: Destination, path: Path, fmt: str) -> int:
+    if fmt == "raw":
+        return path.stat().st_size if path.exists() else 0
+    info = json.loads(_qemu_img(flasher, dest, "info", "--output=json", "-f", fmt, str(path), timeout=30))
+    return int(info["virtual-size"])
+
+
+def read_disk(
+    board: Any, dest: Destination, path: str | PathLike[str], size: int, flasher: FlasherDriver
+) -> int:
+    """Copy ``size`` bytes of a QEMU board's disk, from ``dest.offset``, into ``path``."""
+    disk = Path(board.disk_path(dest.storage))
+    fmt = board.disk_format(dest.storage)
+    if fmt != "raw":
+        raw = flasher.ctx.workdir / f"dump-{dest.storage}.raw"
+        _qemu_img(flasher, dest, "convert", "-f", fmt, "-O", "raw", str(disk), str(raw))
+        disk = raw
+    fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return dump_file(fd, dest.offset, path, size)
+    finally:
+        os.close(fd)
+        if fmt != "raw":
+            disk.unlink(missing_ok=True)
+
+
+class QemuDiskFlasher(FlasherDriver):
+    """Flashes a disk of a QEMU board (``board:``) while it is off; the board then boots it."""
+
+    name = "qemu-disk"
+    default_storage = "disk0"
+    settings = {
+        **FlasherDriver.common_settings,
+        "board": Setting("ref", doc="the QEMU board whose disk is flashed"),
+        "disk": Setting("str", default="disk0", doc="the board's disk flashed when no target is given"),
+        "power_on": Setting("bool", default=True, doc="power the board on after flashing"),
+    }
+
+    _serial = itertools.count(1)
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self._files: dict[str, Path] = {}
+        self._removers: list[threading.Thread] = []
+
+    def resolve(self, target: str | None) -> Destination:
+        if target is None:
+            disk = self.ctx.settings.get("disk", "disk0")
+            return Destination(disk, disk)
+        if target in self.ctx.settings.get("partitions", {}):
+            return super().resolve(target)
+        return Destination(target, target)  # a disk name; the board says if it has none such
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        board = self.board
+        if board is None:
+            raise DriverError(
+                self.device_name, f"{self.name}: no board: set 'board:' to the QEMU board's name"
+            )
+        board.off()
+        yield
+        if self.ctx.settings.get("power_on", True):
+            board.on()
+
+    def _current(self, dest: Destination) -> tuple[Path, str]:
+        try:
+            return Path(self.board.disk_path(dest.storage)), str(self.board.disk_format(dest.storage))
+        except DriverError as exc:
+            raise self.fail(dest, str(exc)) from exc
+
+    def write(self, dest: Destination, image: Image, progress: Progress) -> int:
+        board = self.board
+        current, fmt = self._current(dest)
+        whole = dest.offset == 0 and dest.size is None
+        fresh = self.ctx.workdir / f"flash-{dest.storage}-{next(self._serial)}.raw"
+        if whole:
+            keep_size = max(disk_size(self, dest, current, fmt), image.expected_size or 0)
+            fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            os.ftruncate(fd, keep_size)
+            zeros = "skip"
+        elif fmt == "raw":
+            fresh, keep_size = current, 0
+            fd = os.open(fresh, os.O_RDWR | os.O_CLOEXEC)
+            zeros = "write"
+        else:
+            _qemu_img(self, dest, "convert", "-f", fmt, "-O", "raw", str(current), str(fresh))
+            keep_size = 0
+            fd = os.open(fresh, os.O_RDWR | os.O_CLOEXEC)
+            zeros = "write"
+        try:
+            # No fsync: the file lives for this run only and QEMU reads it through the same page
+            # cache, so durability against a host crash buys nothing (the block method does sync).
+            written = write_blocks(self, dest, fd, image, progress, zeros=zeros, sync=False)
+            end = max(dest.offset + image.digest.size, keep_size)
+            if os.fstat(fd).st_size < end:
+                os.ftruncate(fd, end)
+        except BaseException:
+            os.close(fd)
+            if fresh != current:
+                fresh.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        if fresh != current:
+            board.set_disk(dest.storage, fresh, "raw")
+            previous = self._files.pop(dest.storage, None)
+            if previous is not None and previous != fresh:
+                # Our own earlier flash, never a base image.  Freeing a big file's blocks takes a
+                # while, and nobody waits for it: a thread does it, joined in stop().
+                remover = threading.Thread(target=previous.unlink, kwargs={"missing_ok": True}, daemon=True)
+                remover.start()
+                self._removers.append(remover)
+            self._files[dest.storage] = fresh
+        return written
+
+    def stop(self) -> None:
+        for remover in self._removers:
+            remover.join(timeout=30)
+        self._removers.clear()
+        super().stop()
+
+    def verify(self, dest: Destination, image: Image, progress: Progress) -> None:
+        path, _ = self._current(dest)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            verify_blocks(self, dest, fd, image, progress)
+        finally:
+            os.close(fd)
+
+    def dump(self, target: str, path: str | PathLike[str], size: int) -> int:
+        return read_disk(self.board, self.resolve(target), path, size, self)

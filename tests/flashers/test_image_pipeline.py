@@ -1,0 +1,203 @@
+"""The image pipeline and the ``block`` method: sparse files, compression, URLs, verification."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+from pytest_jumpstarter_flashers import base
+from pytest_jumpstarter_flashers.block import BlockFlasher
+from pytest_jumpstarter_flashers.progress import Progress
+
+from pytest_jumpstarter.errors import FlashError
+
+from .conftest import MIB, HttpServer, context, make_image
+
+
+def block_flasher(tmp_path: Path, target: Path, **settings: object) -> BlockFlasher:
+    flasher = BlockFlasher(
+        context("sdmux", {**_defaults(), "path": target, "create": True, **settings}, tmp_path)
+    )
+    flasher.start()
+    return flasher
+
+
+def _defaults() -> dict[str, object]:
+    return {name: s.default for name, s in BlockFlasher.settings.items() if not s.required}
+
+
+def test_holes_and_zero_blocks_are_not_written_but_read_back_as_zeros(tmp_path: Path, marker: bytes) -> None:
+    image = tmp_path / "disk.img"
+    # A hole at 0-3 MiB, the marker at 3 MiB, allocated zeros at 5 MiB, more data near the end.
+    expected = make_image(image, 8 * MIB, {3 * MIB: marker, 7 * MIB + 5: b"tail"})
+    with open(image, "r+b") as f:
+        f.seek(5 * MIB)
+        f.write(bytes(MIB))
+    target = tmp_path / "sd.img"
+    target.write_bytes(b"\xff" * 9 * MIB)  # old content longer than the image must not survive
+    result = block_flasher(tmp_path, target).flash(image)
+    assert result.verified
+    assert result.bytes_written == 2 * MIB
+    assert result.image_size == 8 * MIB
+    assert result.checksum == f"crc32:{zlib.crc32(expected):08x}"
+    assert target.read_bytes() == expected
+    assert os.stat(target).st_blocks * 512 <= 2 * MIB + 64 * 1024  # the rest stayed holes
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2", ".zst"])
+def test_compressed_images_are_decompressed_as_a_stream(tmp_path: Path, marker: bytes, suffix: str) -> None:
+    raw = bytes(2 * MIB) + marker + os.urandom(3 * MIB) + bytes(100)
+    image = tmp_path / f"disk.img{suffix}"
+    if suffix == ".gz":
+        image.write_bytes(gzip.compress(raw[:MIB], 1) + gzip.compress(raw[MIB:], 1))  # two members
+    elif suffix == ".xz":
+        image.write_bytes(lzma.compress(raw, preset=0))
+    elif suffix == ".bz2":
+        image.write_bytes(bz2.compress(raw, 1))
+    else:
+        if shutil.which("zstd") is None:
+            pytest.skip("no zstd command (apt-get install zstd)")
+        subprocess.run(["zstd", "-q", "-o", str(image)], input=raw, check=True)
+    target = tmp_path / "sd.img"
+    result = block_flasher(tmp_path, target, checksum="sha256").flash(image)
+    assert target.read_bytes() == raw
+    assert result.image_size == len(raw)
+    assert result.checksum == "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
+def test_truncated_compressed_image_fails_naming_where_it_ends(tmp_path: Path, suffix: str) -> None:
+    raw = os.urandom(3 * MIB)
+    image = tmp_path / f"disk.img{suffix}"
+    if suffix == ".gz":
+        packed = gzip.compress(raw, 1)
+    elif suffix == ".xz":
+        packed = lzma.compress(raw, preset=0)
+    else:
+        if shutil.which("zstd") is None:
+            pytest.skip("no zstd command (apt-get install zstd)")
+        packed = subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True, check=True).stdout
+    image.write_bytes(packed[: len(packed) * 2 // 3])
+    with pytest.raises(FlashError) as info:
+        block_flasher(tmp_path, tmp_path / "sd.img").flash(image)
+    message = str(info.value)
+    assert "block flash of disk" in message
+    assert "truncated" in message
+    assert "bytes of output" in message
+
+
+def test_image_from_http_url_is_streamed(tmp_path: Path, http_server: HttpServer, marker: bytes) -> None:
+    raw = os.urandom(MIB) + bytes(2 * MIB) + marker
+    (http_server.root / "disk.img.gz").write_bytes(gzip.compress(raw, 1))
+    (http_server.root / "plain.img").write_bytes(raw)
+    target = tmp_path / "sd.img"
+    flasher = block_flasher(tmp_path, target)
+    assert flasher.flash(http_server.url("disk.img.gz")).image_size == len(raw)
+    assert target.read_bytes() == raw
+    assert flasher.flash(http_server.url("plain.img")).bytes_written == MIB + len(marker)  # zeros skipped
+    assert target.read_bytes() == raw
+
+
+def test_http_body_shorter_than_announced_is_a_flash_error(tmp_path: Path, http_server: HttpServer) -> None:
+    (http_server.root / "plain.img").write_bytes(os.urandom(3 * MIB))
+    http_server.truncate("plain.img", 2 * MIB + 10)
+    with pytest.raises(FlashError, match=r"(?s)block flash of disk.*truncated download"):
+        block_flasher(tmp_path, tmp_path / "sd.img").flash(http_server.url("plain.img"))
+
+
+def test_missing_url_names_the_http_status(tmp_path: Path, http_server: HttpServer) -> None:
+    with pytest.raises(FlashError, match=r"HTTP 404"):
+        block_flasher(tmp_path, tmp_path / "sd.img").flash(http_server.url("nope.img"))
+
+
+def test_byte_flipped_on_its_way_to_storage_fails_verification(
+    tmp_path: Path, marker: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = tmp_path / "disk.img"
+    make_image(image, 4 * MIB, {2 * MIB + 100: marker})
+    real = base._pwrite_all
+
+    def flipping(flasher: base.FlasherDriver, dest: base.Destination, fd: int, data: bytes, pos: int) -> None:
+        if pos == 2 * MIB:
+            data = data[:100] + bytes([data[100] ^ 0x01]) + data[101:]
+        real(flasher, dest, fd, data, pos)
+
+    monkeypatch.setattr(base, "_pwrite_all", flipping)
+    with pytest.raises(FlashError) as info:
+        block_flasher(tmp_path, tmp_path / "sd.img").flash(image)
+    message = str(info.value)
+    assert "block flash of disk: verify: block 2 (offset 2097152" in message
+    assert "expected CRC32" in message and "found" in message
+
+
+def test_unverified_flash_says_so(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    make_image(image, MIB, {0: b"x"})
+    assert not block_flasher(tmp_path, tmp_path / "sd.img").flash(image, verify=False).verified
+
+
+def test_partition_mapping_writes_each_image_at_its_offset(tmp_path: Path) -> None:
+    boot, rootfs = tmp_path / "boot.img", tmp_path / "rootfs.img"
+    boot.write_bytes(b"B" * 1000)
+    rootfs.write_bytes(b"R" * (MIB + 3))
+    target = tmp_path / "sd.img"
+    target.write_bytes(b"\xee" * 4 * MIB)
+    flasher = block_flasher(tmp_path, target, partitions={"boot": "512K+1M", "rootfs": "disk:2M"})
+    results = flasher.flash({"boot": boot, "rootfs": rootfs})
+    assert set(results) == {"boot", "rootfs"}
+    assert results["rootfs"].target == "rootfs" and results["rootfs"].verified
+    data = target.read_bytes()
+    assert data[: 512 * 1024] == b"\xee" * 512 * 1024  # outside the partitions: untouched
+    assert data[512 * 1024 : 512 * 1024 + 1000] == b"B" * 1000
+    assert data[2 * MIB : 3 * MIB + 3] == b"R" * (MIB + 3)
+    dumped = tmp_path / "dump.bin"
+    assert flasher.dump("rootfs", dumped, MIB + 3) == MIB + 3
+    assert dumped.read_bytes() == b"R" * (MIB + 3)
+
+
+def test_image_larger_than_its_partition_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "big.img"
+    image.write_bytes(b"x" * (2 * MIB))
+    flasher = block_flasher(tmp_path, tmp_path / "sd.img", partitions={"boot": "1M+1M"})
+    with pytest.raises(FlashError, match=r"does not fit.*partition holds 1048576 bytes"):
+        flasher.flash(image, target="boot")
+
+
+def test_unknown_target_lists_what_exists(tmp_path: Path) -> None:
+    flasher = block_flasher(tmp_path, tmp_path / "sd.img", partitions={"boot": "1M"})
+    with pytest.raises(FlashError, match=r"no storage or partition named 'rootfs'; known: 'disk', 'boot'"):
+        flasher.flash(tmp_path / "x.img", target="rootfs")
+
+
+def test_bad_partition_spec_is_reported_by_check() -> None:
+    problems = list(BlockFlasher.check({"partitions": {"boot": "disk:lots"}}))
+    assert problems and problems[0][0] == "partitions.boot"
+
+
+def test_progress_is_rate_limited() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    progress = Progress(lines.append, "flasher", 100 * MIB, interval=5.0, clock=lambda: now[0])
+    for step in range(1, 1001):  # 100 MiB in 10 s, 1000 updates
+        now[0] = step / 100
+        progress.update(step * MIB // 10)
+    progress.finish(100 * MIB)
+    assert 5 <= len(lines) <= 11
+    assert "MiB/s" in lines[0] and "left" in lines[0]
+    assert lines[-1].startswith("flasher: done, 100.0 MiB")
+
+
+def test_short_flash_prints_no_progress() -> None:
+    lines: list[str] = []
+    progress = Progress(lines.append, "flasher", MIB)
+    progress.update(MIB)
+    progress.finish(MIB)
+    assert lines == []
