@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 
+import pexpect
 import pytest
 from pexpect.expect import searcher_re
 
@@ -81,5 +82,18 @@ def test_the_search_buffer_stays_bounded_on_long_output() -> None:
     assert max(searched) < 4000 + 6 + 3 * 256 + 1
     assert expecter.new_data("DONE\r\n") == 0
     assert len(console.before) == 8_000_000
+    console.close()
+    theirs.close()
+
+
+def test_drain_forgets_text_left_after_the_last_match() -> None:
+    """A prompt that followed the last match must not satisfy the next expect after drain()."""
+    ours, theirs = socket.socketpair()
+    console = Console(SocketTransport(ours), device="test")
+    theirs.sendall(b"MARK-1\r\nold-prompt# ")
+    console.expect("MARK-1")
+    assert "old-prompt# " in console.drain(quiet=0.2)
+    with pytest.raises(pexpect.TIMEOUT):
+        console.expect("prompt# ", timeout=0.2)
     console.close()
     theirs.close()
