@@ -353,4 +353,6 @@ def test_a_driver_package_from_the_entry_point_group_is_registered(
 def test_jumpstarter_list_with_xdist_lists_in_this_process(boards: pytest.Pytester) -> None:
     result = boards.runpytest("--target=boards/a.yaml", "--jumpstarter-list", "-n", "2")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["  tests that run here (2):", "    test_boards.py::test_uses_rec[[]board-a[]]"])
+    result.stdout.fnmatch_lines(
+        ["  tests that run here (2):", "    test_boards.py::test_uses_rec[[]board-a[]]"]
+    )
