@@ -278,8 +278,12 @@ class Console(SpawnBase):  # type: ignore[misc]
                 got.append(self.read_nonblocking(self.maxread, quiet))
             except pexpect.TIMEOUT:
                 break
+        # Everything unmatched so far goes: pexpect keeps it in two places, and its next expect
+        # searches ``_before`` (all text since the last match) when that is the longer one.
+        stale: str = self._before.getvalue()  # type: ignore[has-type]
         self.buffer = ""
-        return "".join(got)
+        self._before = self.buffer_type()
+        return stale + "".join(got)
 
     def _timeout_error(self, patterns: Any, timeout: float | None) -> ConsoleTimeout:
         if timeout == -1:

@@ -169,6 +169,8 @@ class QemuBoard(Driver):
         self.forwards: dict[str, int] = {}
         self.events: Events = Events()
         self.boots = 0
+        #: Seconds of the last power-on: "launch" (process start to the guest running), "ready" (to ready).
+        self.timings: dict[str, float] = {}
         self._accel_resolved: str | None = None
 
     def _setting(self, key: str) -> Any:
@@ -247,7 +249,9 @@ class QemuBoard(Driver):
         accel = self._resolve_accel()
         self._launch(accel)
         try:
+            start = time.monotonic()
             self._wait_ready("while booting")
+            self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
         except BaseException:
             self.off()
             raise
@@ -513,6 +517,14 @@ class QemuBoard(Driver):
                 )
 
     def _launch(self, accel: str) -> None:
+        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left."""
+        try:
+            self._launch_paused_then_cont(accel)
+        except BaseException:
+            self.off()
+            raise
+
+    def _launch_paused_then_cont(self, accel: str) -> None:
         self._check_files()
         binary = self._setting("binary") or f"qemu-system-{self.arch}"
         if shutil.which(binary) is None:
@@ -541,6 +553,7 @@ class QemuBoard(Driver):
             self.ctx.workdir.mkdir(parents=True, exist_ok=True)
             (self.ctx.workdir / "qemu.cmdline").write_text(shlex.join(command) + "\n")
             with open(self._stderr_path, "wb") as stderr:
+                launched = time.monotonic()
                 self._proc = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
@@ -554,35 +567,40 @@ class QemuBoard(Driver):
             except (AttributeError, OSError):
                 self._pidfd = None
             self.ctx.progress(f"{self.device_name}: QEMU pid {self._proc.pid} starting")
+            deadline = time.monotonic() + 30.0
+            console_sock = stack.enter_context(self._accept(listeners[0], deadline, "the console socket"))
+            qmp_sock = stack.enter_context(self._accept(listeners[1], deadline, "the QMP socket"))
+            # Connected: the socket files have served their purpose.  Removing them now means that
+            # even a SIGKILLed pytest (which cannot clean up) leaves no folder behind.
+            for lsock in listeners:
+                lsock.close()
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None
+            self.events = Events()
             try:
-                deadline = time.monotonic() + 30.0
-                console_sock = self._accept(listeners[0], deadline, "the console socket")
-                qmp_sock = self._accept(listeners[1], deadline, "the QMP socket")
-                self.events = Events()
-                try:
-                    self._qmp = Qmp(self.device_name, qmp_sock, timeout=max(1.0, deadline - time.monotonic()))
-                except DriverError:
-                    if self._wait_exit(2.0):  # QEMU died during the handshake: say that, not "QMP failed"
-                        raise self._exited("while starting (during the QMP handshake)") from None
-                    raise
-                self.events = self._qmp.events
-                self._console = Console(
-                    SocketTransport(console_sock),
-                    device=self.device_name,
-                    timeout=float(self._setting("console_timeout")),
-                    logfile_read=self.ctx.transcript,
-                    fatal_patterns=LINUX_FATAL_PATTERNS if self.shell_kind == "linux" else (),
-                    on_eof=self._on_console_eof,
-                )
-                self._console.shell = (
-                    UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
-                )
-                self._read_forwards()
-                self._qmp.execute("cont", timeout=5.0)
-                self.boots += 1
-            except BaseException:
-                self.off()
+                self._qmp = Qmp(self.device_name, qmp_sock, timeout=max(1.0, deadline - time.monotonic()))
+            except DriverError:
+                if self._wait_exit(2.0):  # QEMU died during the handshake: say that, not "QMP failed"
+                    raise self._exited("while starting (during the QMP handshake)") from None
                 raise
+            self.events = self._qmp.events
+            self._console = Console(
+                SocketTransport(console_sock),
+                device=self.device_name,
+                timeout=float(self._setting("console_timeout")),
+                logfile_read=self.ctx.transcript,
+                fatal_patterns=LINUX_FATAL_PATTERNS if self.shell_kind == "linux" else (),
+                on_eof=self._on_console_eof,
+            )
+            self._console.shell = (
+                UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
+            )
+            self._read_forwards()
+            self._qmp.execute("cont", timeout=5.0)
+            self.boots += 1
+            self.timings = {"launch": time.monotonic() - launched}
+            # Both sockets now belong to the console and QMP: they must outlive this block.
+            stack.pop_all()
 
     def _accept(self, listener: socket.socket, deadline: float, what: str) -> socket.socket:
         """Wait for QEMU to connect to ``listener``; fail at once if QEMU exits instead."""
