@@ -16,13 +16,14 @@ What it adds to pexpect:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import re
 import selectors
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -213,22 +214,12 @@ class Console(SpawnBase):  # type: ignore[misc]
         async_: bool = False,
         **kw: Any,
     ) -> Any:
-        try:
+        with self._diagnosed([getattr(p, "pattern", p) for p in pattern_list], timeout):
             width = _max_width(pattern_list)
             if width is not None and not async_ and not kw and searchwindowsize in (-1, None):
                 expecter = _WindowedExpecter(self, searcher_re(pattern_list), width)
                 return expecter.expect_loop(self.timeout if timeout == -1 else timeout)
             return super().expect_list(pattern_list, timeout, searchwindowsize, async_, **kw)
-        except pexpect.EOF as exc:
-            # pexpect re-raises its own plain EOF; give the caller the owner's diagnosis instead.
-            if isinstance(exc, ConsoleClosed):
-                raise
-            raise self._eof_error() from None
-        except pexpect.TIMEOUT as exc:
-            if isinstance(exc, ConsoleTimeout):
-                raise
-            shown = [getattr(p, "pattern", p) for p in pattern_list]
-            raise self._timeout_error(shown, timeout) from None
 
     def expect_exact(
         self,
@@ -238,16 +229,23 @@ class Console(SpawnBase):  # type: ignore[misc]
         async_: bool = False,
         **kw: Any,
     ) -> Any:
-        try:
+        with self._diagnosed(pattern_list, timeout):
             return super().expect_exact(pattern_list, timeout, searchwindowsize, async_, **kw)
+
+    @contextlib.contextmanager
+    def _diagnosed(self, patterns: Any, timeout: float | None) -> Iterator[None]:
+        """Turn pexpect's plain EOF and TIMEOUT into the owner's diagnosis and a timeout with the tail."""
+        try:
+            yield
         except pexpect.EOF as exc:
+            # pexpect re-raises its own plain EOF; a dead QEMU must be reported as dead.
             if isinstance(exc, ConsoleClosed):
                 raise
             raise self._eof_error() from None
         except pexpect.TIMEOUT as exc:
             if isinstance(exc, ConsoleTimeout):
                 raise
-            raise self._timeout_error(pattern_list, timeout) from None
+            raise self._timeout_error(patterns, timeout) from None
 
     def isalive(self) -> bool:
         return not self._closed and not self.flag_eof
@@ -278,11 +276,12 @@ class Console(SpawnBase):  # type: ignore[misc]
                 got.append(self.read_nonblocking(self.maxread, quiet))
             except pexpect.TIMEOUT:
                 break
+        # Everything unmatched so far goes: pexpect keeps it in two places, and its next expect
+        # searches ``_before`` (all text since the last match) when that is the longer one.
+        stale: str = self._before.getvalue()  # type: ignore[has-type]
         self.buffer = ""
-        # pexpect's next expect() searches all it read since the last match (``_before``), not only
-        # ``buffer``: without this a drained prompt would still match.
         self._before = self.buffer_type()
-        return "".join(got)
+        return stale + "".join(got)
 
     def _timeout_error(self, patterns: Any, timeout: float | None) -> ConsoleTimeout:
         if timeout == -1:

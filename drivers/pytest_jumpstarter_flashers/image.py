@@ -19,16 +19,12 @@ from __future__ import annotations
 import bz2
 import contextlib
 import errno
-import hashlib
-import http.client
 import lzma
 import os
 import shutil
 import subprocess
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -133,12 +129,16 @@ class Digest:
         self.crc = crc32_combine(self.crc, crc, len(data))
         if self.algorithm == "sha256":
             if self._sha is None:
+                import hashlib
+
                 self._sha = hashlib.sha256()
             self._sha.update(data)
 
     @property
     def checksum(self) -> str:
         if self.algorithm == "sha256":
+            import hashlib
+
             sha = self._sha or hashlib.sha256()
             return "sha256:" + str(sha.hexdigest())
         return f"crc32:{self.crc:08x}"
@@ -213,6 +213,11 @@ class Image:
             self._stack.callback(self._raw.close)
 
     def _open_url(self) -> _Reader:
+        # The HTTP stack (ssl included) costs ~8 ms to import: paid by URL flashes, not by every pytest start.
+        import http.client
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(self.source, headers={"Accept-Encoding": "identity"})
         try:
             response: http.client.HTTPResponse = urllib.request.urlopen(request, timeout=self.timeout)
@@ -291,6 +296,8 @@ class Image:
 
     def _decoded(self, raw: _Reader) -> Iterator[bytes]:
         """The decompressed byte stream, in pieces of any size."""
+        import http.client
+
         read_size = 256 * 1024
         where = self.source
 

@@ -181,6 +181,8 @@ class QemuBoard(Driver):
         self.forwards: dict[str, int] = {}
         self.events: Events = Events()
         self.boots = 0
+        #: Seconds of the last power-on: "launch" (process start to the guest running), "ready" (to ready).
+        self.timings: dict[str, float] = {}
         self._accel_resolved: str | None = None
         # reset: snapshot -- a qcow2 state drive, the booted state saved in it, or why it could not be.
         self._snapshot_wanted = ctx.reset == "snapshot"
@@ -273,7 +275,9 @@ class QemuBoard(Driver):
         accel = self._resolve_accel()
         self._launch(accel)
         try:
+            start = time.monotonic()
             self._wait_ready("while booting")
+            self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
             if self._snapshot_wanted:
                 self._save_snapshot()
         except BaseException:
@@ -455,7 +459,8 @@ class QemuBoard(Driver):
             self.ctx.progress(f"{self.device_name}: {self._snapshot_error}")
             return
         self._snapshot, self._snapshot_error = SNAPSHOT_TAG, None
-        self.ctx.progress(f"{self.device_name}: booted state saved in {time.monotonic() - started:.2f}s")
+        self.timings["savevm"] = time.monotonic() - started
+        self.ctx.progress(f"{self.device_name}: booted state saved in {self.timings['savevm']:.2f}s")
 
     def restore_snapshot(self) -> str | None:
         """Bring the running board back to the state saved after boot (HMP ``loadvm``, in place).
@@ -466,7 +471,9 @@ class QemuBoard(Driver):
         """
         if self._snapshot is None:
             return self._snapshot_error or "no booted state was saved (reset: snapshot was not set at start)"
+        started = time.monotonic()
         out = self.hmp(f"loadvm {self._snapshot}", timeout=float(self._setting("boot_timeout"))).strip()
+        self.timings["loadvm"] = time.monotonic() - started
         if out:
             # A failed loadvm leaves the VM stopped, in no known state.
             return f"loadvm failed: {_hmp_error(out)}"
@@ -475,6 +482,7 @@ class QemuBoard(Driver):
             self._sync_console(min(10.0, float(self._setting("console_timeout"))))
         except ConsoleTimeout as exc:
             return f"the console did not answer after loadvm: {str(exc).splitlines()[0]}"
+        self.timings["restore"] = time.monotonic() - started
         return None
 
     def _sync_console(self, timeout: float, command: str = "true") -> None:
@@ -649,6 +657,14 @@ class QemuBoard(Driver):
                 )
 
     def _launch(self, accel: str) -> None:
+        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left."""
+        try:
+            self._launch_paused_then_cont(accel)
+        except BaseException:
+            self.off()
+            raise
+
+    def _launch_paused_then_cont(self, accel: str) -> None:
         self._check_files()
         binary = self._setting("binary") or f"qemu-system-{self.arch}"
         if shutil.which(binary) is None:
@@ -677,6 +693,7 @@ class QemuBoard(Driver):
             self.ctx.workdir.mkdir(parents=True, exist_ok=True)
             (self.ctx.workdir / "qemu.cmdline").write_text(shlex.join(command) + "\n")
             with open(self._stderr_path, "wb") as stderr:
+                launched = time.monotonic()
                 self._proc = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
@@ -690,35 +707,40 @@ class QemuBoard(Driver):
             except (AttributeError, OSError):
                 self._pidfd = None
             self.ctx.progress(f"{self.device_name}: QEMU pid {self._proc.pid} starting")
+            deadline = time.monotonic() + 30.0
+            console_sock = stack.enter_context(self._accept(listeners[0], deadline, "the console socket"))
+            qmp_sock = stack.enter_context(self._accept(listeners[1], deadline, "the QMP socket"))
+            # Connected: the socket files have served their purpose.  Removing them now means that
+            # even a SIGKILLed pytest (which cannot clean up) leaves no folder behind.
+            for lsock in listeners:
+                lsock.close()
+            shutil.rmtree(self._sockdir, ignore_errors=True)
+            self._sockdir = None
+            self.events = Events()
             try:
-                deadline = time.monotonic() + 30.0
-                console_sock = self._accept(listeners[0], deadline, "the console socket")
-                qmp_sock = self._accept(listeners[1], deadline, "the QMP socket")
-                self.events = Events()
-                try:
-                    self._qmp = Qmp(self.device_name, qmp_sock, timeout=max(1.0, deadline - time.monotonic()))
-                except DriverError:
-                    if self._wait_exit(2.0):  # QEMU died during the handshake: say that, not "QMP failed"
-                        raise self._exited("while starting (during the QMP handshake)") from None
-                    raise
-                self.events = self._qmp.events
-                self._console = Console(
-                    SocketTransport(console_sock),
-                    device=self.device_name,
-                    timeout=float(self._setting("console_timeout")),
-                    logfile_read=self.ctx.transcript,
-                    fatal_patterns=LINUX_FATAL_PATTERNS if self.shell_kind == "linux" else (),
-                    on_eof=self._on_console_eof,
-                )
-                self._console.shell = (
-                    UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
-                )
-                self._read_forwards()
-                self._qmp.execute("cont", timeout=5.0)
-                self.boots += 1
-            except BaseException:
-                self.off()
+                self._qmp = Qmp(self.device_name, qmp_sock, timeout=max(1.0, deadline - time.monotonic()))
+            except DriverError:
+                if self._wait_exit(2.0):  # QEMU died during the handshake: say that, not "QMP failed"
+                    raise self._exited("while starting (during the QMP handshake)") from None
                 raise
+            self.events = self._qmp.events
+            self._console = Console(
+                SocketTransport(console_sock),
+                device=self.device_name,
+                timeout=float(self._setting("console_timeout")),
+                logfile_read=self.ctx.transcript,
+                fatal_patterns=LINUX_FATAL_PATTERNS if self.shell_kind == "linux" else (),
+                on_eof=self._on_console_eof,
+            )
+            self._console.shell = (
+                UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
+            )
+            self._read_forwards()
+            self._qmp.execute("cont", timeout=5.0)
+            self.boots += 1
+            self.timings = {"launch": time.monotonic() - launched}
+            # Both sockets now belong to the console and QMP: they must outlive this block.
+            stack.pop_all()
 
     def _accept(self, listener: socket.socket, deadline: float, what: str) -> socket.socket:
         """Wait for QEMU to connect to ``listener``; fail at once if QEMU exits instead."""

@@ -2,11 +2,13 @@
 
 qemu.qmp has no timeouts of its own, so each await is wrapped in :func:`asyncio.wait_for`, and the
 calling thread waits on the future with a little more than that (a wedged loop cannot hang a test).
+
+asyncio and qemu.qmp are imported where a session starts, not with the module: the driver family
+is imported at every pytest start-up that names a target, and asyncio alone costs ~15 ms there.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -74,6 +76,8 @@ class Qmp:
     """One QMP session over an already connected socket (QEMU connected to us)."""
 
     def __init__(self, device: str, sock: socket.socket, *, timeout: float = 10.0) -> None:
+        import asyncio
+
         from qemu.qmp import EventListener, QMPClient
 
         self.device = device
@@ -110,6 +114,8 @@ class Qmp:
         return str(out)
 
     def _call(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float, what: str) -> T:
+        import asyncio
+
         from qemu.qmp import QMPError
 
         async def bounded() -> T:
@@ -128,6 +134,8 @@ class Qmp:
 
     def close(self, timeout: float = 2.0) -> None:
         """Disconnect (bounded) and stop the loop thread.  Safe to call twice."""
+        import asyncio
+
         if self._loop.is_closed():
             return
         if self._loop.is_running():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 
+import pexpect
 import pytest
+from pexpect.expect import searcher_re
 
-from pytest_jumpstarter.console import Console, SocketTransport, _max_width
+from pytest_jumpstarter.console import Console, SocketTransport, _max_width, _WindowedExpecter
 
 
 def feed(chunks: list[str]) -> Console:
@@ -68,12 +69,31 @@ def test_a_match_split_across_reads_is_found() -> None:
     console.close()
 
 
-def test_long_output_costs_linear_time() -> None:
-    """8 MB through expect in many small reads: pexpect's whole-buffer search would take minutes."""
+def test_the_search_buffer_stays_bounded_on_long_output() -> None:
+    """8 MB without a match keeps only a short tail to search: pexpect would re-search all of it each read."""
+    ours, theirs = socket.socketpair()
+    console = Console(SocketTransport(ours), device="test")
+    expecter = _WindowedExpecter(console, searcher_re(console.compile_pattern_list("DONE\r\n")), 6)
     chunk = ("0123456789abcdef" * 256)[:4000]
-    console = feed([chunk] * 2000 + ["DONE\r\n"])
-    start = time.process_time()
-    console.expect("DONE\r\n", timeout=60)
+    searched = []
+    for _ in range(2000):
+        assert expecter.new_data(chunk) is None
+        searched.append(console._buffer.tell())
+    assert max(searched) < 4000 + 6 + 3 * 256 + 1
+    assert expecter.new_data("DONE\r\n") == 0
     assert len(console.before) == 8_000_000
-    assert time.process_time() - start < 20  # a generous bound: quadratic search takes far longer
     console.close()
+    theirs.close()
+
+
+def test_drain_forgets_text_left_after_the_last_match() -> None:
+    """A prompt that followed the last match must not satisfy the next expect after drain()."""
+    ours, theirs = socket.socketpair()
+    console = Console(SocketTransport(ours), device="test")
+    theirs.sendall(b"MARK-1\r\nold-prompt# ")
+    console.expect("MARK-1")
+    assert "old-prompt# " in console.drain(quiet=0.2)
+    with pytest.raises(pexpect.TIMEOUT):
+        console.expect("prompt# ", timeout=0.2)
+    console.close()
+    theirs.close()
