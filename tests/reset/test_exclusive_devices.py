@@ -162,6 +162,9 @@ class Lab:
 
     def start(self, *args: str, gate: bool = False) -> Run:
         env = {**os.environ, "PROBE_LOG": str(self.log), "JUMPSTARTER_LOCK_DIR": str(self.locks)}
+        # A run killed with SIGKILL cannot remove its device folders: keep them in pytester's folder.
+        (self.path / "tmp").mkdir(exist_ok=True)
+        env["TMPDIR"] = str(self.path / "tmp")
         env.pop("PYTEST_XDIST_WORKER", None)
         env.pop("PYTEST_ADDOPTS", None)
         if gate:
