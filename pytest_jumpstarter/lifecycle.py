@@ -45,6 +45,7 @@ class LiveDevice:
     last_item: pytest.Item | None = None
     #: The cross-process lease of an ``exclusive`` device, held from before start() to after stop().
     lease: DeviceLease | None = None
+    lease_lost_told: bool = False
 
     @property
     def transcript(self) -> Transcript:
@@ -118,6 +119,17 @@ class DeviceManager:
         used = item.stash.get(ITEM_DEVICES, None)
         if used is None:
             return
+        for device in used.devices:
+            lease = device.lease
+            if lease is not None and lease.lost and not device.lease_lost_told:
+                # The lease ran out unrenewed (this process stopped or starved) and another run took it.
+                device.lease_lost_told = True
+                note = (
+                    f"lost the lease on exclusive device {lease.key!r} during {item.nodeid}: another run"
+                    " took it after it ran out unrenewed; results on it may mix with that run's"
+                )
+                self.notify(note)
+                item.add_report_section("teardown", "jumpstarter", note)
         self._stop_many([d for d in used.devices if d.spec.scope == "test" and self._is_live(d)], item)
 
     def stop_all(self) -> list[BaseException]:

@@ -295,3 +295,34 @@ devices:
         ]
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+LOSE_TEST = """
+from pytest_jumpstarter.plugin import RUN
+
+
+def test_lease_runs_out(request, probe):
+    device = request.config.stash[RUN].manager.live[("bench", "probe")]
+    # What the lease's renewer finds when another run took the lease after ours ran out unrenewed.
+    device.lease.lost = True
+
+
+def test_next(probe):
+    pass
+"""
+
+
+def test_a_run_that_lost_its_lease_says_so_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROBE_LOG", str(pytester.path / "probe.log"))
+    pytester.makeconftest(PROBE_CONFTEST)
+    pytester.makepyfile(test_lose=LOSE_TEST)
+    pytester.makefile(".yaml", bench=BENCH_YAML.replace("    lock: bench-1\n", "    scope: session\n"))
+    result = pytester.runpytest(
+        "--target=bench.yaml", f"--jumpstarter-lock-dir={pytester.path / 'locks'}", "-rP"
+    )
+    result.assert_outcomes(passed=2)
+    line = "jumpstarter: lost the lease on exclusive device 'bench/probe' during test_lose.py::test_lease_runs_out?bench?: *"
+    result.stdout.fnmatch_lines([line])
+    assert result.stdout.str().count("jumpstarter: lost the lease") == 1
