@@ -295,6 +295,10 @@ class QemuBoard(Driver):
                         self._qmp.execute("system_powerdown", timeout=2.0)
                         self._wait_exit(powerdown)
                 if proc.poll() is None and self._qmp is not None:
+                    # Console output nobody has read can wedge QEMU's main loop (seen with U-Boot
+                    # autobooting after a reset: QMP quit and SIGTERM went unanswered for 7 s);
+                    # reading it first lets quit work at once, and the transcript keeps it.
+                    self._drain_console()
                     with contextlib.suppress(DriverError):
                         self._qmp.execute("quit", timeout=2.0)
                     self._wait_exit(3.0)
@@ -784,6 +788,13 @@ class QemuBoard(Driver):
         else:
             console.expect(self.ready_pattern, timeout=timeout)
         self.ctx.progress(f"{self.device_name}: ready {context}")
+
+    def _drain_console(self) -> None:
+        """Read whatever the console holds, without waiting for more; a closed console is fine here."""
+        if self._console is None:
+            return
+        with contextlib.suppress(Exception):
+            self._console.drain(quiet=0.0, limit=0.5)
 
     def _release(self) -> None:
         """Close everything of the last launch: console, QMP, pidfd, sockets.  The process is gone."""

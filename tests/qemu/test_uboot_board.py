@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import time
 import zlib
 from collections.abc import Iterator
 
@@ -69,3 +72,26 @@ def test_virtio_write_reaches_the_disk_file(uboot: QemuBoard) -> None:
 def test_reset_stops_autoboot_again(uboot: QemuBoard) -> None:
     uboot.reset()
     assert uboot.console.run("echo again").output == "again"
+
+
+def test_power_off_with_unread_console_output_quits_cleanly(make_board, images: Images) -> None:
+    # U-Boot autobooting after a reset prints while nobody reads; QEMU then left QMP quit and
+    # SIGTERM unanswered and had to be killed.  off() must still end it through QMP quit (exit 0).
+    board = make_board(uboot_settings(images, network={"tftp": True}, boot_timeout="30s"))
+    board.start()
+    proc = board._proc
+    assert proc is not None
+    since = len(board.events)
+    board.execute("system_reset")
+    board.wait_event("RESET", since=since)
+    # Wait, without reading, until U-Boot has printed its console setup: from there on, QEMU stays
+    # stuck until someone reads the console.
+    sock = board.console.transport.sock
+    pending = b""
+    deadline = time.monotonic() + 20
+    while b"Out:" not in pending:
+        assert time.monotonic() < deadline, f"U-Boot did not get to its console setup: {pending!r}"
+        select.select([sock], [], [], 1.0)
+        pending = sock.recv(65536, socket.MSG_PEEK)
+    board.off()
+    assert proc.returncode == 0, f"QEMU did not quit by QMP: exit status {proc.returncode}"
