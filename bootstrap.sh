@@ -48,7 +48,7 @@ scripts/build-images
 export JUMPSTARTER_REQUIRE_IMAGES=1
 if [ "$mode" = examples ]; then
   echo "== running the example HIL tests against the built-in QEMU board"
-  exec .venv/bin/python -m pytest conftest_examples --target=conftest_examples/qemu-x86_64.yaml -v "$@"
+  exec .venv/bin/python -m pytest conftest_examples --target=conftest_examples/qemu-x86_64.yaml -v --timeout=600 "$@"
 fi
 
 echo "== lint"
@@ -56,4 +56,6 @@ echo "== lint"
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 echo "== test suite"
-exec .venv/bin/python -m pytest tests "$@"
+# Every wait in the code has its own deadline; --timeout is the last guard, so that a bug in one can
+# cost a test, never the whole CI budget.
+exec .venv/bin/python -m pytest tests --timeout=600 "$@"
