@@ -404,18 +404,19 @@ class QemuBoard(Driver):
                     f" (setting disks in {self.ctx.source})",
                 )
             overlay = self.ctx.workdir / f"disk-{disk.name}.qcow2"
-            result = subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2",
-                 "-b", str(disk.base.resolve()), "-F", disk.base_format, str(overlay)],
-                capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
-            if result.returncode != 0:
-                raise DriverError(
-                    self.device_name,
-                    f"disk {disk.name!r}: qemu-img could not make an overlay on {disk.base}:"
-                    f" {result.stderr.strip()}",
-                )
+            self._qemu_img_create(
+                ["-b", str(disk.base.resolve()), "-F", disk.base_format, str(overlay)],
+                f"disk {disk.name!r}: qemu-img could not make an overlay on {disk.base}",
+            )
             disk.path, disk.format = overlay, "qcow2"
+
+    def _qemu_img_create(self, args: list[str], failure: str) -> None:
+        """``qemu-img create -f qcow2 ARGS``; a failure raises with ``failure`` and qemu-img's own words."""
+        result = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", *args], capture_output=True, text=True, timeout=30
+        )
+        if result.returncode != 0:
+            raise DriverError(self.device_name, f"{failure}: {result.stderr.strip()}")
 
     # --- snapshots (reset: snapshot) ------------------------------------------------------------
 
@@ -427,16 +428,9 @@ class QemuBoard(Driver):
     def _prepare_state_drive(self) -> None:
         path = self.ctx.workdir / "vmstate.qcow2"
         # The virtual size hardly matters: internal snapshots store the VM state beyond it.
-        result = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1M"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise DriverError(
-                self.device_name,
-                f"reset: snapshot needs a qcow2 state drive; qemu-img could not create {path}:"
-                f" {result.stderr.strip()}",
-            )
+        self._qemu_img_create(
+            [str(path), "1M"], f"reset: snapshot needs a qcow2 state drive; qemu-img could not create {path}"
+        )
         self._state_drive = path
 
     def _save_snapshot(self) -> None:
