@@ -257,7 +257,7 @@ class DeviceManager:
 
         def waiting(holder: Holder) -> None:
             self.notify(
-                f"waiting for exclusive device {key!r}, held by {_holder_text(holder)}"
+                f"waiting for exclusive device {key!r}, held by {holder.describe()}"
                 f" (giving up after {timeout:g}s)"
             )
 
@@ -373,16 +373,6 @@ class DeviceManager:
                 )
             if text:
                 yield device.spec.name, text
-
-
-def _holder_text(holder: Holder) -> str:
-    """Who holds a lease, for a waiting user: ``pytest pid 123 (tests/t.py::t) since 12:01:02``."""
-    import time
-
-    text = f"{holder.owner} since {time.strftime('%H:%M:%S', time.localtime(holder.acquired))}"
-    if str(holder.pid) not in holder.owner:
-        text += f" (pid {holder.pid})"
-    return text
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")

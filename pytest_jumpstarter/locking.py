@@ -50,8 +50,11 @@ class Holder:
     expires: float
 
     def describe(self) -> str:
-        since = time.strftime("%H:%M:%S", time.localtime(self.acquired))
-        return f"{self.owner} (pid {self.pid} on {self.host}, since {since})"
+        """Who holds it, for a waiting user: ``pytest pid 123 (tests/t.py::t) since 12:01:02``."""
+        text = self.owner if str(self.pid) in self.owner else f"{self.owner} (pid {self.pid})"
+        if self.host != _HOST:
+            text += f" on {self.host.split(':')[0]}"
+        return f"{text} since {time.strftime('%H:%M:%S', time.localtime(self.acquired))}"
 
     def is_over(self, now: float) -> bool:
         if now >= self.expires:
