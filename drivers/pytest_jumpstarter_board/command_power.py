@@ -117,7 +117,11 @@ class CommandPower(Driver[CommandPowerSettings]):
     def is_running(self) -> bool:
         """Whether the ``status`` command says the power is on (exit status 0)."""
         if not self.ctx.settings.status_command:
-            raise DriverError(self.device_name, "is_running needs a status command (status_command: [...])")
+            # AttributeError, so that isinstance(device, PowerState) is False, as provides() says.
+            raise AttributeError(
+                f"device {self.device_name!r} (command-power) has no status_command: it cannot tell "
+                "whether the power is on"
+            )
         return self._run("status", check=False) == 0
 
     # --- running a command ----------------------------------------------------------------------
