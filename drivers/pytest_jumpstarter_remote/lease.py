@@ -1,0 +1,1 @@
+"""Leases from a Jumpstarter controller (placeholder; filled in below)."""
