@@ -348,8 +348,13 @@ class JumpstarterBoard(Driver):
         )
 
     def _console_gone(self, transport: Any) -> BaseException:
+        if transport.failure is None and self._source is not None and self.lost is None:
+            self._source.check_now()
         if transport.failure is not None:
-            return transport.failure
+            failure: BaseException = transport.failure
+            return failure
+        if self.lost is not None:
+            return self.lost
         tail = self._console.tail() if self._console is not None else ""
         return ConsoleClosed(
             self.device_name,

@@ -109,6 +109,9 @@ class LocalExporter:
     def before_disconnect(self) -> None:
         pass
 
+    def check_now(self) -> DriverError | None:
+        return None
+
     def close(self) -> None:
         if self.process is None:
             return

@@ -196,9 +196,13 @@ class Session:
 
         self._enter(client_from_path(path, self.portal, self._clients, allow=[], unsafe=True), timeout, what)
 
-    def enter_async(self, cm: Any, timeout: float, what: str) -> Any:
-        """Enter an async context manager on the loop (left at :meth:`close`), bounded by ``timeout``."""
-        return self._stack.enter_context(self.portal.wrap_async_context_manager(_bounded(cm, timeout)))
+    def enter_async(self, cm: Any) -> Any:
+        """Enter an async context manager on the loop, left at :meth:`close`.
+
+        Not bounded by a cancel scope: ``cm`` may hold a task group (a listener), which must not be
+        entered inside a scope that ends before it does.
+        """
+        return self._stack.enter_context(self.portal.wrap_async_context_manager(cm))
 
     def _enter(self, cm: Any, timeout: float, what: str) -> None:
         try:
