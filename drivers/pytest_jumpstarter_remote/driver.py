@@ -72,7 +72,26 @@ class Config:
         return f"exporter config {self.exporter_config}"
 
 
-_FIELDS = ["exporter", "insecure", "tls_ca", "passphrase", "client", "selector", "duration", "acquisition_timeout", "exporter_config", "power", "console", "flasher", "flash_target", "network", "ready", "boot_timeout", "connect_timeout", "autostart"]
+_FIELDS = [
+    "exporter",
+    "insecure",
+    "tls_ca",
+    "passphrase",
+    "client",
+    "selector",
+    "duration",
+    "acquisition_timeout",
+    "exporter_config",
+    "power",
+    "console",
+    "flasher",
+    "flash_target",
+    "network",
+    "ready",
+    "boot_timeout",
+    "connect_timeout",
+    "autostart",
+]
 
 
 class JumpstarterBoard(Driver):

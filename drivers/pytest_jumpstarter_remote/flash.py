@@ -94,7 +94,7 @@ def flash(board: JumpstarterBoard, image: Any, target: str | None, verify: bool)
                 if got < size:
                     raise FlashError(
                         board.device_name,
-                        f"verify: {where} read back {got} bytes, the image has {size}; the flash did not land",
+                        f"verify: {where} read back {got} bytes of {size}: the flash did not land",
                     )
                 if "sha256:" + _digest(back, size) != checksum:
                     offset = _first_difference(raw, back, size)

@@ -93,11 +93,15 @@ class ControllerLease:
         try:
             config = ClientConfigV1Alpha1.from_file(self.client_path)
         except Exception as exc:
-            raise DriverError(self.device, f"client: {self.client_path}: {type(exc).__name__}: {exc}") from exc
+            raise DriverError(
+                self.device, f"client: {self.client_path}: {type(exc).__name__}: {exc}"
+            ) from exc
         if not config.endpoint:
             raise DriverError(self.device, f"client: {self.client_path} has no endpoint")
         probe_tcp(self.device, config.endpoint, 5.0, what="controller")
-        channel = session.call(config.channel, timeout=10.0, what=f"connecting to the controller {config.endpoint}")
+        channel = session.call(
+            config.channel, timeout=10.0, what=f"connecting to the controller {config.endpoint}"
+        )
         self._svc = ClientService(channel=channel, namespace=config.metadata.namespace)
         self._install_sighup()
         created = self._call("CreateLease", selector=self.selector, duration=timedelta(seconds=self.duration))
@@ -125,7 +129,9 @@ class ControllerLease:
                     f"no exporter at {endpoint} matches selector {self.selector!r}: {unsat.message}",
                 )
             if ready is not None and ready.status == "False":
-                raise LeaseUnavailable(self.device, f"lease {self.name} ended before it was granted: {ready.message}")
+                raise LeaseUnavailable(
+                    self.device, f"lease {self.name} ended before it was granted: {ready.message}"
+                )
             pending = conds.get("Pending")
             message = pending.message if pending is not None else ""
             if message and message != told:
@@ -146,9 +152,10 @@ class ControllerLease:
             exporters = self._call("ListExporters").exporters
         except DriverError as exc:
             return f"(could not list exporters: {exc})"
-        return "; ".join(
-            f"{e.name} {dict(e.labels)}{'' if e.online else ' (offline)'}" for e in exporters
-        ) or "no exporters"
+        return (
+            "; ".join(f"{e.name} {dict(e.labels)}{'' if e.online else ' (offline)'}" for e in exporters)
+            or "no exporters"
+        )
 
     def _notify(self, text: str) -> None:
         notify = self.board.ctx.extra.get("notify")
@@ -195,7 +202,9 @@ class ControllerLease:
             if time.monotonic() >= next_renewal and lease.effective_begin_time is not None:
                 held = datetime.now().astimezone() - lease.effective_begin_time
                 with contextlib.suppress(DriverError):
-                    self._call("UpdateLease", name=self.name, duration=held + timedelta(seconds=self.duration))
+                    self._call(
+                        "UpdateLease", name=self.name, duration=held + timedelta(seconds=self.duration)
+                    )
                     self.renewals += 1
                 next_renewal = time.monotonic() + renew_every
 
@@ -205,7 +214,9 @@ class ControllerLease:
             return None
         when = lease.effective_end_time or datetime.now().astimezone()
         why = f" ({ready.reason}: {ready.message})" if ready is not None and ready.message else ""
-        return LeaseLost(self.device, f"lease {self.name} on exporter {self.exporter} ended at {when:%H:%M:%S}{why}")
+        return LeaseLost(
+            self.device, f"lease {self.name} on exporter {self.exporter} ended at {when:%H:%M:%S}{why}"
+        )
 
     def check_now(self) -> DriverError | None:
         """Whether the lease has ended (asked when a stream ends: the router may cut it first)."""

@@ -7,14 +7,17 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-
 from exporter_support import BOOTDISK, Exporter, demo_board_export, free_port, private_dir, running_exporter
 
 
 def _need_stack() -> None:
-    pytest.importorskip("jumpstarter_cli", reason="needs the [jumpstarter] extra (pip install -e '.[jumpstarter]')")
+    pytest.importorskip(
+        "jumpstarter_cli", reason="needs the [jumpstarter] extra (pip install -e '.[jumpstarter]')"
+    )
     if not BOOTDISK.exists():
-        message = f"needs {BOOTDISK} (run scripts/build-images with syslinux, mtools and dosfstools installed)"
+        message = (
+            f"needs {BOOTDISK} (run scripts/build-images with syslinux, mtools and dosfstools installed)"
+        )
         if os.environ.get("JUMPSTARTER_REQUIRE_IMAGES") == "1":
             pytest.fail(message)
         pytest.skip(message)

@@ -43,21 +43,74 @@ NS = "default"
 
 def make_ca(folder: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 (openssl), returned as (ca, cert, key)."""
-    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
     ext = folder / "san.cnf"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     quiet = {"check": True, "capture_output": True}
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
-                    "-days", "2", "-subj", "/CN=test-ca"], **quiet)
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-                    "-subj", "/CN=127.0.0.1"], **quiet)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-                    "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)], **quiet)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+        **quiet,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        **quiet,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+        ],
+        **quiet,
+    )
     return ca, cert, key
 
 
 def jwt_for(subject: str) -> str:
     """A JWT-shaped token (``jmp`` decodes it without verifying); the signature is random."""
+
     def part(obj: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
 
@@ -116,7 +169,9 @@ class Controller:
         self.calls: list[str] = []
         self._pairs: dict[str, dict[str, Any]] = {}
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="controller-stand-in")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="controller-stand-in"
+        )
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -132,17 +187,26 @@ class Controller:
     def client_config(self, path: Path, name: str) -> Path:
         import yaml
 
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "jumpstarter.dev/v1alpha1", "kind": "ClientConfig",
-            "metadata": {"namespace": NS, "name": name}, "endpoint": self.address,
-            "tls": {"ca": base64.b64encode(self.ca.read_bytes()).decode(), "insecure": False},
-            "token": self.token("Client", name), "drivers": {"allow": [], "unsafe": True},
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "jumpstarter.dev/v1alpha1",
+                    "kind": "ClientConfig",
+                    "metadata": {"namespace": NS, "name": name},
+                    "endpoint": self.address,
+                    "tls": {"ca": base64.b64encode(self.ca.read_bytes()).decode(), "insecure": False},
+                    "token": self.token("Client", name),
+                    "drivers": {"allow": [], "unsafe": True},
+                }
+            )
+        )
         return path
 
     def exporter_endpoint(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         """The controller-mode part of an ExporterConfig for exporter ``name``."""
-        self.exporters.setdefault(name, ExporterRec(name)).labels = dict(labels)  # labels live in the controller
+        self.exporters.setdefault(name, ExporterRec(name)).labels = dict(
+            labels
+        )  # labels live in the controller
         return {
             "endpoint": self.address,
             "token": self.token("Exporter", name),
@@ -185,6 +249,7 @@ class Controller:
 
     def run(self, func: Any) -> Any:
         """Call ``func()`` on the controller's loop (test-side actions such as :meth:`revoke`)."""
+
         async def call() -> Any:
             return func()
 
@@ -193,11 +258,18 @@ class Controller:
     # --- lease logic (runs on the loop) ---------------------------------------------------------
 
     def holder_of(self, exporter: str) -> LeaseRec | None:
-        return next((le for le in self.leases.values() if le.exporter == exporter and le.ended is None and le.begin), None)
+        return next(
+            (le for le in self.leases.values() if le.exporter == exporter and le.ended is None and le.begin),
+            None,
+        )
 
     def _matching(self, selector: str) -> list[ExporterRec]:
         wanted = _selector(selector)
-        return [e for e in self.exporters.values() if e.online and all(e.labels.get(k) == v for k, v in wanted.items())]
+        return [
+            e
+            for e in self.exporters.values()
+            if e.online and all(e.labels.get(k) == v for k, v in wanted.items())
+        ]
 
     def _schedule(self) -> None:
         now = time.time()
@@ -212,12 +284,19 @@ class Controller:
             if free:
                 exporter = free[0]
                 lease.exporter, lease.begin = exporter.name, now
-                exporter.status.put_nowait(jumpstarter_pb2.StatusResponse(leased=True, lease_name=lease.name, client_name=lease.client))
+                exporter.status.put_nowait(
+                    jumpstarter_pb2.StatusResponse(
+                        leased=True, lease_name=lease.name, client_name=lease.client
+                    )
+                )
                 self.log.append(f"granted {lease.name} on {exporter.name}")
             elif matching:
                 held = [(e.name, self.holder_of(e.name)) for e in matching]
-                lease.message = "; ".join(f"exporter {n} is held by lease {h.name} of client {h.client}"
-                                          for n, h in held if h is not None)
+                lease.message = "; ".join(
+                    f"exporter {n} is held by lease {h.name} of client {h.client}"
+                    for n, h in held
+                    if h is not None
+                )
 
     def finish(self, name: str, reason: str, message: str) -> None:
         lease = self.leases.get(name)
@@ -240,19 +319,39 @@ class Controller:
         now = time.time()
         conds: list[kubernetes_pb2.Condition] = []
         if lease.ended is not None:
-            conds.append(kubernetes_pb2.Condition(type="Ready", status="False", reason=lease.reason, message=lease.message))
+            conds.append(
+                kubernetes_pb2.Condition(
+                    type="Ready", status="False", reason=lease.reason, message=lease.message
+                )
+            )
         elif lease.begin:
             conds.append(kubernetes_pb2.Condition(type="Ready", status="True", reason="Ready"))
         elif not self._matching(lease.selector):
-            offered = "; ".join(f"{e.name} {e.labels}" for e in self.exporters.values() if e.online) or "no exporters"
-            conds.append(kubernetes_pb2.Condition(type="Unsatisfiable", status="True", reason="NoMatch",
-                                                  message=f"no exporter matches {lease.selector!r}; online: {offered}"))
+            offered = (
+                "; ".join(f"{e.name} {e.labels}" for e in self.exporters.values() if e.online)
+                or "no exporters"
+            )
+            conds.append(
+                kubernetes_pb2.Condition(
+                    type="Unsatisfiable",
+                    status="True",
+                    reason="NoMatch",
+                    message=f"no exporter matches {lease.selector!r}; online: {offered}",
+                )
+            )
         else:
-            conds.append(kubernetes_pb2.Condition(type="Pending", status="True", reason="Busy", message=lease.message))
+            conds.append(
+                kubernetes_pb2.Condition(type="Pending", status="True", reason="Busy", message=lease.message)
+            )
         d = duration_pb2.Duration()
         d.FromTimedelta(dt.timedelta(seconds=lease.duration))
-        msg = client_pb2.Lease(name=f"namespaces/{NS}/leases/{lease.name}", selector=lease.selector, duration=d,
-                               client=f"namespaces/{NS}/clients/{lease.client}", conditions=conds)
+        msg = client_pb2.Lease(
+            name=f"namespaces/{NS}/leases/{lease.name}",
+            selector=lease.selector,
+            duration=d,
+            client=f"namespaces/{NS}/clients/{lease.client}",
+            conditions=conds,
+        )
         if lease.exporter:
             msg.exporter = f"namespaces/{NS}/exporters/{lease.exporter}"
         if lease.begin:
@@ -280,14 +379,16 @@ class _Client(client_pb2_grpc.ClientServiceServicer):  # type: ignore[misc]
 
     async def _auth(self, context: Any, method: str) -> str:
         try:
-            kind, name = self.ctl.who(context)
+            _kind, name = self.ctl.who(context)
         except PermissionError:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
         self.ctl.calls.append(f"{name}:{method}")
         return name
 
     def _exporter(self, e: ExporterRec) -> client_pb2.Exporter:
-        return client_pb2.Exporter(name=f"namespaces/{NS}/exporters/{e.name}", labels=e.labels, online=e.online)
+        return client_pb2.Exporter(
+            name=f"namespaces/{NS}/exporters/{e.name}", labels=e.labels, online=e.online
+        )
 
     async def GetExporter(self, request: Any, context: Any) -> Any:
         await self._auth(context, "GetExporter")
@@ -298,13 +399,20 @@ class _Client(client_pb2_grpc.ClientServiceServicer):  # type: ignore[misc]
 
     async def ListExporters(self, request: Any, context: Any) -> Any:
         await self._auth(context, "ListExporters")
-        return client_pb2.ListExportersResponse(exporters=[self._exporter(e) for e in self.ctl.exporters.values()])
+        return client_pb2.ListExportersResponse(
+            exporters=[self._exporter(e) for e in self.ctl.exporters.values()]
+        )
 
     async def CreateLease(self, request: Any, context: Any) -> Any:
         client = await self._auth(context, "CreateLease")
         name = request.lease_id or f"lease-{secrets.token_hex(4)}"
-        self.ctl.leases[name] = LeaseRec(name, request.lease.selector, client,
-                                         request.lease.duration.ToTimedelta().total_seconds(), time.time())
+        self.ctl.leases[name] = LeaseRec(
+            name,
+            request.lease.selector,
+            client,
+            request.lease.duration.ToTimedelta().total_seconds(),
+            time.time(),
+        )
         self.ctl._schedule()
         return self.ctl.proto(self.ctl.leases[name])
 
@@ -342,7 +450,7 @@ class _Ctrl(jumpstarter_pb2_grpc.ControllerServiceServicer):  # type: ignore[mis
         self.ctl = ctl
 
     def _exporter(self, context: Any) -> ExporterRec:
-        kind, name = self.ctl.who(context)
+        _kind, name = self.ctl.who(context)
         return self.ctl.exporters.setdefault(name, ExporterRec(name))
 
     async def Register(self, request: Any, context: Any) -> Any:
@@ -365,7 +473,9 @@ class _Ctrl(jumpstarter_pb2_grpc.ControllerServiceServicer):  # type: ignore[mis
     async def Status(self, request: Any, context: Any) -> AsyncIterator[Any]:
         e = self._exporter(context)
         holder = self.ctl.holder_of(e.name)
-        yield jumpstarter_pb2.StatusResponse(leased=holder is not None, lease_name=holder.name if holder else "")
+        yield jumpstarter_pb2.StatusResponse(
+            leased=holder is not None, lease_name=holder.name if holder else ""
+        )
         while True:
             yield await e.status.get()
 
@@ -376,16 +486,19 @@ class _Ctrl(jumpstarter_pb2_grpc.ControllerServiceServicer):  # type: ignore[mis
             yield await queue.get()
 
     async def Dial(self, request: Any, context: Any) -> Any:
-        kind, client = self.ctl.who(context)
+        _kind, client = self.ctl.who(context)
         lease = self.ctl.leases.get(request.lease_name)
         if lease is None or lease.ended is not None or not lease.begin or lease.client != client:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"lease {request.lease_name} is not yours or over")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"lease {request.lease_name} is not yours or over"
+            )
         e = self.ctl.exporters[lease.exporter or ""]
         token = secrets.token_urlsafe(16)
         self.ctl.tokens[token] = ("Router", lease.name)
         lease.tokens.add(token)
         e.listen.setdefault(lease.name, asyncio.Queue()).put_nowait(
-            jumpstarter_pb2.ListenResponse(router_endpoint=self.ctl.address, router_token=token))
+            jumpstarter_pb2.ListenResponse(router_endpoint=self.ctl.address, router_token=token)
+        )
         return jumpstarter_pb2.DialResponse(router_endpoint=self.ctl.address, router_token=token)
 
 
@@ -398,7 +511,9 @@ class _Router(router_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
     async def Stream(self, request_iterator: Any, context: Any) -> Any:
         meta = dict(context.invocation_metadata() or ())
         token = str(meta.get("authorization", "")).removeprefix("Bearer ")
-        pair = self.ctl._pairs.setdefault(token, {"sides": [], "both": asyncio.Event(), "done": asyncio.Event()})
+        pair = self.ctl._pairs.setdefault(
+            token, {"sides": [], "both": asyncio.Event(), "done": asyncio.Event()}
+        )
         pair["sides"].append(context)
         if len(pair["sides"]) == 2:
             pair["both"].set()
@@ -408,7 +523,9 @@ class _Router(router_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
         async def pump() -> None:
             with contextlib.suppress(Exception):  # either side may go away mid-write
                 async for req in request_iterator:
-                    await peer.write(router_pb2.StreamResponse(payload=req.payload, frame_type=req.frame_type))
+                    await peer.write(
+                        router_pb2.StreamResponse(payload=req.payload, frame_type=req.frame_type)
+                    )
             with contextlib.suppress(Exception):
                 await peer.write(router_pb2.StreamResponse(frame_type=router_pb2.FRAME_TYPE_GOAWAY))
 

@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("jumpstarter_cli", reason="needs the [jumpstarter] extra")
 
-from controller import Controller  # noqa: E402
-from exporter_support import Exporter, exporter_config, free_port, private_dir  # noqa: E402
+from controller import Controller
+from exporter_support import Exporter, exporter_config, free_port, private_dir
 
 EXPORT = {
     "power": {"type": "jumpstarter_driver_power.driver.MockPower"},
@@ -28,7 +28,9 @@ EXPORT = {
 def lab() -> Iterator[tuple[Controller, Exporter, Path]]:
     folder = private_dir("pytest-jumpstarter-lab-")
     ctl = Controller(folder).start()
-    exporter = Exporter(exporter_config("bench-1", EXPORT, **ctl.exporter_endpoint("bench-1", {"board": "mock"})), folder)
+    exporter = Exporter(
+        exporter_config("bench-1", EXPORT, **ctl.exporter_endpoint("bench-1", {"board": "mock"})), folder
+    )
     try:
         exporter.start()
         deadline = time.monotonic() + 30
@@ -44,9 +46,18 @@ def lab() -> Iterator[tuple[Controller, Exporter, Path]]:
 
 def target(pytester: pytest.Pytester, ctl: Controller, selector: str = "{board: mock}", **extra: str) -> None:
     client = ctl.client_config(pytester.path / "client.yaml", "alice")
-    lines = ["name: lab", "devices:", "  board:", "    driver: jumpstarter", "    scope: module",
-             f"    client: {client}", f"    selector: {selector}", "    power: power", "    console: serial",
-             "    ready: ''"]
+    lines = [
+        "name: lab",
+        "devices:",
+        "  board:",
+        "    driver: jumpstarter",
+        "    scope: module",
+        f"    client: {client}",
+        f"    selector: {selector}",
+        "    power: power",
+        "    console: serial",
+        "    ready: ''",
+    ]
     lines += [f"    {k}: {v}" for k, v in extra.items()]
     pytester.makefile(".yaml", lab="\n".join(lines) + "\n")
 
@@ -71,7 +82,9 @@ def test_a_selector_nothing_matches_fails_at_once(pytester, lab):
     pytester.makepyfile("def test_x(target):\n    target.device('board')\n")
     result = pytester.runpytest("--target=lab.yaml", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*no exporter at 127.0.0.1:* matches selector 'board=rpi4'*bench-1*board*mock*"])
+    result.stdout.fnmatch_lines(
+        ["*no exporter at 127.0.0.1:* matches selector 'board=rpi4'*bench-1*board*mock*"]
+    )
 
 
 def test_a_busy_board_says_who_holds_it_and_times_out_naming_the_selector(pytester, lab):
@@ -86,9 +99,11 @@ def test_a_busy_board_says_who_holds_it_and_times_out_naming_the_selector(pytest
     pytester.makepyfile("def test_x(target):\n    target.device('board')\n")
     result = pytester.runpytest("--target=lab.yaml", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        f"*waiting for lease * (selector board=mock): exporter bench-1 is held by lease {held.name} of client bob*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"*waiting for lease * (selector board=mock): exporter bench-1 is held by lease {held.name} of client bob*",
+        ]
+    )
     result.stdout.fnmatch_lines(["*no lease for selector 'board=mock' within 2s*the lab offers: bench-1*"])
 
 
@@ -110,7 +125,7 @@ def test_the_lease_is_renewed_while_the_device_lives(pytester, lab):
 
 @pytest.mark.parametrize("how", ["revoked", "expired"])
 def test_a_lease_that_ends_mid_test_fails_the_current_wait_at_once(pytester, lab, how):
-    ctl, _, folder = lab
+    ctl, _, _ = lab
     target(pytester, ctl, duration="3s" if how == "expired" else "10m")
     flag = pytester.path / "waiting"
     pytester.makepyfile(f"""
@@ -137,7 +152,9 @@ def test_a_lease_that_ends_mid_test_fails_the_current_wait_at_once(pytester, lab
     thread.join()
     result.assert_outcomes(failed=1)
     reason = "Revoked" if how == "revoked" else "Expired"
-    result.stdout.fnmatch_lines([f"*LeaseLost: device 'board': lease * on exporter bench-1 ended at *({reason}*"])
+    result.stdout.fnmatch_lines(
+        [f"*LeaseLost: device 'board': lease * on exporter bench-1 ended at *({reason}*"]
+    )
     assert time.monotonic() - began < 60
 
 
@@ -171,7 +188,9 @@ def test_sigterm_releases_the_lease(pytester, lab):
     """)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "--target=lab.yaml", "-p", "no:cacheprovider", "-s"],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert proc.stdout is not None

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
-import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-from exporter_support import BOOTDISK, Exporter
+from exporter_support import BOOTDISK
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "conftest_examples"
@@ -90,17 +86,23 @@ def test_flash_is_verified_and_the_board_boots_what_was_flashed(pytester, demo_e
             assert (tmp_path / "back.img").read_bytes() == data
         """
     )
-    result = pytester.runpytest("--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}")
+    result = pytester.runpytest(
+        "--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}"
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_a_path_the_exporter_lacks_names_device_path_and_what_exists(pytester, demo_exporter):
     pytester.makefile(".yaml", board=board_yaml(demo_exporter.listen).replace("qemu.power", "qemu.pwr"))
     pytester.makepyfile("def test_x(target):\n    target.device('board')\n")
-    result = pytester.runpytest("--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}")
+    result = pytester.runpytest(
+        "--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}"
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*device 'board': power: the exporter has no driver at path 'qemu.pwr'; its driver tree has:*qemu.power (PowerClient)*"]
+        [
+            "*device 'board': power: the exporter has no driver at path 'qemu.pwr'; its driver tree has:*qemu.power (PowerClient)*"
+        ]
     )
 
 
@@ -112,7 +114,9 @@ def test_an_unreachable_exporter_fails_within_seconds_naming_the_address(pyteste
     pytester.makefile(".yaml", board=board_yaml(address))
     pytester.makepyfile("def test_x(target):\n    target.device('board')\n")
     began = time.monotonic()
-    result = pytester.runpytest_subprocess("--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}")
+    result = pytester.runpytest_subprocess(
+        "--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}"
+    )
     elapsed = time.monotonic() - began
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*cannot reach the exporter at {address}: *refused*"])
@@ -131,13 +135,18 @@ def test_listing_touches_no_exporter_and_imports_no_client_stack(pytester):
     )
     result = pytester.runpytest_subprocess("--target=board.yaml", "--jumpstarter-list", "-s")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*board: driver jumpstarter, role board*", "*exporter = '127.0.0.1:1'*", "*no client stack*"])
+    result.stdout.fnmatch_lines(
+        ["*board: driver jumpstarter, role board*", "*exporter = '127.0.0.1:1'*", "*no client stack*"]
+    )
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"client": "c.yaml", "selector": "{board: x}"}, "expected exactly one of exporter:*found exporter, client*"),
+        (
+            {"client": "c.yaml", "selector": "{board: x}"},
+            "expected exactly one of exporter:*found exporter, client*",
+        ),
         ({"exporter": None}, "expected exactly one of exporter:*found none of them*"),
         ({"selector": "{board: x}"}, "selector: needs client:*"),
     ],
@@ -146,7 +155,9 @@ def test_sources_are_checked_at_load_with_file_and_line(pytester, settings, mess
     text = board_yaml("127.0.0.1:1")
     for key, value in settings.items():
         if value is None:
-            text = "\n".join(line for line in text.splitlines() if not line.strip().startswith(f"{key}:")) + "\n"
+            text = (
+                "\n".join(line for line in text.splitlines() if not line.strip().startswith(f"{key}:")) + "\n"
+            )
             text = text.replace("    insecure: true\n", "")
         else:
             text += f"    {key}: {value}\n"
@@ -155,4 +166,6 @@ def test_sources_are_checked_at_load_with_file_and_line(pytester, settings, mess
     pytester.makepyfile("def test_x(target):\n    pass\n")
     result = pytester.runpytest("--target=board.yaml")
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*1 problem in target description:", "  board.yaml:*: devices.board.*" + message])
+    result.stderr.fnmatch_lines(
+        ["*1 problem in target description:", "  board.yaml:*: devices.board.*" + message]
+    )
