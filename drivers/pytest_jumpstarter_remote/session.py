@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
@@ -257,19 +257,3 @@ async def _bounded(cm: Any, timeout: float) -> AsyncIterator[Any]:
             raise
     else:
         await cm.__aexit__(None, None, None)
-
-
-@contextlib.contextmanager
-def suppressed_client_logs() -> Iterator[None]:
-    """Jumpstarter's client logs through rich handlers on the root of its loggers; keep them quiet."""
-    import logging
-
-    names = ("jumpstarter", "jumpstarter.client", "PySerialClient", "PowerClient", "QemuClient")
-    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
-    for logger, _ in saved:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in saved:
-            logger.setLevel(level)

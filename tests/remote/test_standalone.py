@@ -38,6 +38,8 @@ def test_same_examples_pass_on_the_local_board_and_the_leased_one(pytester, demo
     """The ladder: conftest_examples on our QEMU board and on the exporter's, two --targets, one run."""
     address = demo_exporter.listen
     monkeypatch.setenv("JUMPSTARTER_EXPORTER", address)
+    # pytester gives the run its own HOME: point the local board at the real image cache.
+    monkeypatch.setenv("JUMPSTARTER_IMAGES", str(BOOTDISK.parent.parent))
     result = pytester.runpytest_subprocess(
         str(EXAMPLES / "test_qemu_examples.py"),
         str(EXAMPLES / "test_network_examples.py"),
