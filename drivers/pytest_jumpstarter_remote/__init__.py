@@ -6,6 +6,8 @@ only when a ``jumpstarter`` device starts.  It is the optional extra ``pytest-ju
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pytest_jumpstarter.driver import Driver
@@ -17,5 +19,5 @@ __all__ = ["JumpstarterBoard", "JumpstarterNetwork"]
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
     return [JumpstarterBoard, JumpstarterNetwork]

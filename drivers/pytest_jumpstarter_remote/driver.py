@@ -94,7 +94,7 @@ _FIELDS = [
 ]
 
 
-class JumpstarterBoard(Driver):
+class JumpstarterBoard(Driver[Any]):
     """A board of a Jumpstarter lab: power, console, flash and network over gRPC."""
 
     name: ClassVar[str] = "jumpstarter"
@@ -169,7 +169,7 @@ class JumpstarterBoard(Driver):
         if not any(settings.get(k) for k in ("power", "console", "flasher", "network")):
             yield "power", "a jumpstarter device needs at least one of power:, console:, flasher:, network:"
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[Any]) -> None:
         super().__init__(ctx)
         self.config = Config.read(ctx.settings)
         self._session: Any = None
