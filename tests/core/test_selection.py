@@ -300,22 +300,50 @@ def test_ambiguous_role_skips_with_a_reason(rec_pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(["*role 'rec' is served by several devices (one, two)*"])
 
 
-def test_driver_packages_are_not_imported_without_a_target(pytester: pytest.Pytester) -> None:
+def test_without_a_target_only_the_families_fixture_modules_load(pytester: pytest.Pytester) -> None:
+    # The families' top modules define the device fixtures, so they load at every start; their
+    # drivers (and pexpect, PyYAML, qemu.qmp) only when a target needs them.
     pytester.makeconftest(
         """
         import sys
 
         def pytest_sessionfinish(session):
-            loaded = sorted(m for m in sys.modules if m.startswith("pytest_jumpstarter_"))
-            print("driver packages loaded:", loaded or "none")
+            loaded = sorted(
+                m for m in sys.modules
+                if m.startswith("pytest_jumpstarter_") and "." in m or m in ("pexpect", "yaml", "qemu.qmp")
+            )
+            print("driver modules loaded:", loaded or "none")
         """
     )
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = pytester.runpytest_subprocess("-s")
-    result.stdout.fnmatch_lines(["*driver packages loaded: none"])
+    result.stdout.fnmatch_lines(["*driver modules loaded: none"])
     write(pytester, "t.yaml", "name: t\ndevices:\n  console: {driver: serial, url: 'loop://'}\n")
     result = pytester.runpytest_subprocess("-s", "--target=t.yaml")
-    result.stdout.fnmatch_lines(["*driver packages loaded: [[]*'pytest_jumpstarter_serial'*"])
+    result.stdout.fnmatch_lines(["*driver modules loaded: [[]*'pytest_jumpstarter_serial.driver'*"])
+
+
+def test_device_fixtures_come_from_their_families_and_mark_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_vm(qemu_vm): pass
+        def test_flash(flasher): pass
+        def test_tunnel(net_tunnel): pass
+        def test_console(console): pass
+        """
+    )
+    # No target: each is a device test, skipped saying how to give one (not "fixture not found").
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["*needs a target*"])
+    write(pytester, "t.yaml", "name: t\ndevices:\n  console: {driver: serial, url: 'loop://'}\n")
+    result = pytester.runpytest("-rs", "--target=t.yaml")
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines(["*target 't' cannot run this test: no device with role 'qemu_vm'*"])
+    # A family left out takes its fixture along; the others stay.
+    result = pytester.runpytest("--target=t.yaml", "-p", "no:jumpstarter-drivers-qemu")
+    result.assert_outcomes(passed=1, skipped=2, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'qemu_vm' not found*"])
 
 
 def test_a_driver_package_from_the_entry_point_group_is_registered(
