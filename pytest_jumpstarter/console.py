@@ -47,7 +47,10 @@ class Transport(Protocol):
         """
         ...
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes) -> None:
+        """All of ``data``.  Raises :class:`EOFError` once the stream has ended, and
+        ``TimeoutError(what was awaited, seconds)`` if the other end stops taking data."""
+        ...
 
     def close(self) -> None: ...
 
@@ -55,11 +58,16 @@ class Transport(Protocol):
 class SocketTransport:
     """A connected stream socket (a QEMU unix-socket or TCP chardev)."""
 
+    #: How long a write waits for the other end to take more data before it gives up.
+    write_timeout = 30.0
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
+        self._writable = selectors.DefaultSelector()
+        self._writable.register(sock, selectors.EVENT_WRITE)
 
     def read(self, size: int, timeout: float | None) -> bytes:
         try:
@@ -80,12 +88,19 @@ class SocketTransport:
         return data
 
     def write(self, data: bytes) -> None:
+        """All of ``data``; a full socket buffer is waited out until the other end reads, and a
+        :class:`TimeoutError` if it takes nothing for :attr:`write_timeout` seconds."""
         view = memoryview(data)
         while view:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                selectors.DefaultSelector().select(1.0)
+                if not self._writable.select(self.write_timeout):
+                    # (what was awaited, seconds): the console's ConsoleTimeout says both.
+                    raise TimeoutError(
+                        f"the other end to take {len(view)} more of {len(data)} bytes sent",
+                        self.write_timeout,
+                    ) from None
                 continue
             except OSError as exc:
                 raise EOFError(str(exc)) from exc
@@ -93,6 +108,7 @@ class SocketTransport:
 
     def close(self) -> None:
         self._selector.close()
+        self._writable.close()
         self.sock.close()
 
 
@@ -198,6 +214,9 @@ class Console(SpawnBase):  # type: ignore[misc]
         except EOFError:
             self.flag_eof = True
             raise self._eof_error() from None
+        except TimeoutError as exc:
+            what, seconds = (exc.args[0], exc.args[1]) if len(exc.args) == 2 else (str(exc), None)
+            raise ConsoleTimeout(self.device, what, seconds, self.tail()) from None
         return len(data)
 
     def sendline(self, s: str | bytes = "") -> int:
