@@ -384,3 +384,38 @@ def test_jumpstarter_list_with_xdist_lists_in_this_process(boards: pytest.Pytest
     result.stdout.fnmatch_lines(
         ["  tests that run here (2):", "    test_boards.py::test_uses_rec[[]board-a[]]"]
     )
+
+
+PROBE_CONFTEST = (
+    "import pytest\nfrom pytest_jumpstarter import Driver\n"
+    "class Probe(Driver):\n    name = 'acme-probe'\n    role = 'probe'\n"
+    "@pytest.hookimpl\ndef pytest_jumpstarter_add_drivers():\n    return [Probe]\n"
+)
+PROBE_TEST = "def test_probe(target):\n    assert target.device('probe').started\n"
+PROBE_BOARD = "name: t\ndevices:\n  probe: {driver: acme-probe}\n"
+
+
+def test_a_driver_from_the_conftest_of_the_target_files_folder_is_known(pytester: pytest.Pytester) -> None:
+    # pytest loads hil/conftest.py only when it collects hil/, after the targets are checked.
+    write(pytester, "hil/conftest.py", PROBE_CONFTEST)
+    write(pytester, "hil/test_probe.py", PROBE_TEST)
+    write(pytester, "hil/board.yaml", PROBE_BOARD)
+    pytester.runpytest("--target=hil/board.yaml").assert_outcomes(passed=1)
+    pytester.runpytest("hil", "--target=hil/board.yaml").assert_outcomes(passed=1)
+
+
+def test_a_driver_from_a_conftest_not_loaded_yet_is_unknown_saying_why(pytester: pytest.Pytester) -> None:
+    write(pytester, "tests/hil/conftest.py", PROBE_CONFTEST)
+    write(pytester, "tests/hil/test_probe.py", PROBE_TEST)
+    write(pytester, "boards/board.yaml", PROBE_BOARD)
+    result = pytester.runpytest("--target=boards/board.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*boards/board.yaml:3: devices.probe.driver: unknown driver 'acme-probe'*",
+            "*note: targets are checked at start, when pytest has loaded only the conftest.py files of the rootdir,*"
+            "*name that folder on the command line*",
+        ]
+    )
+    # What the note says works.
+    pytester.runpytest("tests/hil", "--target=boards/board.yaml").assert_outcomes(passed=1)
