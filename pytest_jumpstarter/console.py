@@ -38,7 +38,7 @@ LINUX_FATAL_PATTERNS = (r"Kernel panic - not syncing[^\r\n]*",)
 
 
 class Transport(Protocol):
-    """A byte stream to a console."""
+    """A byte stream to a console.  ``write`` raises TimeoutError(what, seconds) if the other end stalls."""
 
     def read(self, size: int, timeout: float | None) -> bytes:
         """Up to ``size`` bytes, as soon as any arrive; ``b""`` if none came in ``timeout``.
@@ -47,10 +47,7 @@ class Transport(Protocol):
         """
         ...
 
-    def write(self, data: bytes) -> None:
-        """All of ``data``.  Raises :class:`EOFError` once the stream has ended, and
-        ``TimeoutError(what was awaited, seconds)`` if the other end stops taking data."""
-        ...
+    def write(self, data: bytes) -> None: ...
 
     def close(self) -> None: ...
 
@@ -58,11 +55,8 @@ class Transport(Protocol):
 class SocketTransport:
     """A connected stream socket (a QEMU unix-socket or TCP chardev)."""
 
-    #: How long a write waits for the other end to take more data before it gives up.
-    write_timeout = 30.0
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, write_timeout: float = 30.0) -> None:
+        self.sock, self.write_timeout = sock, write_timeout  # how long a write waits for the other end
         sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
@@ -88,19 +82,14 @@ class SocketTransport:
         return data
 
     def write(self, data: bytes) -> None:
-        """All of ``data``; a full socket buffer is waited out until the other end reads, and a
-        :class:`TimeoutError` if it takes nothing for :attr:`write_timeout` seconds."""
         view = memoryview(data)
         while view:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
                 if not self._writable.select(self.write_timeout):
-                    # (what was awaited, seconds): the console's ConsoleTimeout says both.
-                    raise TimeoutError(
-                        f"the other end to take {len(view)} more of {len(data)} bytes sent",
-                        self.write_timeout,
-                    ) from None
+                    what = f"the other end to take {len(view)} more bytes"
+                    raise TimeoutError(what, self.write_timeout) from None
                 continue
             except OSError as exc:
                 raise EOFError(str(exc)) from exc

@@ -73,8 +73,7 @@ def test_a_console_whose_other_end_takes_nothing_times_out_saying_so(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     ours, _theirs = pair
-    transport = SocketTransport(ours)
-    transport.write_timeout = 0.2
+    transport = SocketTransport(ours, write_timeout=0.2)
     console = Console(transport, device="uart0")
     with pytest.raises(ConsoleTimeout) as info:
         console.send(bytes(1024 * 1024))
