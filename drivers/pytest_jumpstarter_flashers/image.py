@@ -33,8 +33,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
 
-import zstandard
-
 #: The unit in which images are read, checked for zeros, written and verified.
 BLOCK_SIZE = 1024 * 1024
 
@@ -319,7 +317,7 @@ class Image:
                 f"image {self.source}: the {self.compression} stream ends early after {produced} bytes "
                 "of output (truncated file or download)"
             ) from exc
-        except (OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as exc:
+        except (OSError, zlib.error, lzma.LZMAError) as exc:
             raise ImageError(
                 f"image {self.source}: {self.compression} data is corrupt after {produced} bytes of "
                 f"output: {exc}"
@@ -392,6 +390,9 @@ class _ZstdReader(contextlib.AbstractContextManager["_ZstdReader"]):
     size, in practice a few MiB)."""
 
     def __init__(self, source: io.BufferedReader) -> None:
+        import zstandard  # ~10 ms: paid by .zst images, not by every run with a flasher
+
+        self.zstd = zstandard
         self.source = source
         self.decoder = zstandard.ZstdDecompressor().decompressobj()
         self.started = False  # the current frame has begun
@@ -411,11 +412,14 @@ class _ZstdReader(contextlib.AbstractContextManager["_ZstdReader"]):
             self.pending, self.position = b"", 0
             while piece:
                 self.started = True
-                self.pending += self.decoder.decompress(piece)
+                try:
+                    self.pending += self.decoder.decompress(piece)
+                except self.zstd.ZstdError as exc:
+                    raise OSError(str(exc)) from exc  # corrupt data, as bz2 and gzip report it
                 piece = b""
                 if self.decoder.eof:  # a frame ended; what follows is the next one
                     piece, self.started = self.decoder.unused_data, False
-                    self.decoder = zstandard.ZstdDecompressor().decompressobj()
+                    self.decoder = self.zstd.ZstdDecompressor().decompressobj()
         out = self.pending[self.position : self.position + size]
         self.position += len(out)
         return out
