@@ -238,7 +238,7 @@ def bench_uboot(rounds: int, work: Path) -> None:
 def bench_dfu(rounds: int, work: Path) -> None:
     import usb.core
     from pytest_jumpstarter_flashers.dfu import DfuFlasher
-    from pytest_jumpstarter_flashers.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
+    from pytest_jumpstarter_flashers.testing.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
 
     size = 16 * MIB
     image = work / "firmware.bin"

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_jumpstarter_network import TcpRelay
-from pytest_jumpstarter_network.echo_server import EchoServer
+from pytest_jumpstarter_network.testing.echo_server import EchoServer
 
 from pytest_jumpstarter import DeviceContext
 from pytest_jumpstarter.settings import Setting, coerce

@@ -38,7 +38,7 @@ LINUX_FATAL_PATTERNS = (r"Kernel panic - not syncing[^\r\n]*",)
 
 
 class Transport(Protocol):
-    """A byte stream to a console."""
+    """A byte stream to a console.  ``write`` raises TimeoutError(what, seconds) if the other end stalls."""
 
     def read(self, size: int, timeout: float | None) -> bytes:
         """Up to ``size`` bytes, as soon as any arrive; ``b""`` if none came in ``timeout``.
@@ -55,11 +55,13 @@ class Transport(Protocol):
 class SocketTransport:
     """A connected stream socket (a QEMU unix-socket or TCP chardev)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, write_timeout: float = 30.0) -> None:
+        self.sock, self.write_timeout = sock, write_timeout  # how long a write waits for the other end
         sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
+        self._writable = selectors.DefaultSelector()
+        self._writable.register(sock, selectors.EVENT_WRITE)
 
     def read(self, size: int, timeout: float | None) -> bytes:
         try:
@@ -85,7 +87,9 @@ class SocketTransport:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                selectors.DefaultSelector().select(1.0)
+                if not self._writable.select(self.write_timeout):
+                    what = f"the other end to take {len(view)} more bytes"
+                    raise TimeoutError(what, self.write_timeout) from None
                 continue
             except OSError as exc:
                 raise EOFError(str(exc)) from exc
@@ -93,6 +97,7 @@ class SocketTransport:
 
     def close(self) -> None:
         self._selector.close()
+        self._writable.close()
         self.sock.close()
 
 
@@ -198,6 +203,9 @@ class Console(SpawnBase):  # type: ignore[misc]
         except EOFError:
             self.flag_eof = True
             raise self._eof_error() from None
+        except TimeoutError as exc:
+            what, seconds = (exc.args[0], exc.args[1]) if len(exc.args) == 2 else (str(exc), None)
+            raise ConsoleTimeout(self.device, what, seconds, self.tail()) from None
         return len(data)
 
     def sendline(self, s: str | bytes = "") -> int:

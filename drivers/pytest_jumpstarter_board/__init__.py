@@ -10,8 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_jumpstarter import device_fixture
+
 if TYPE_CHECKING:
     from pytest_jumpstarter.driver import Driver
+
+
+# Not bound to the name ``board``: importing the submodule .board sets that attribute.
+board_fixture = device_fixture(
+    "board", doc="The composite board (driver board: power + console) of the current target."
+)
 
 
 @pytest.hookimpl

@@ -12,7 +12,7 @@ Every failure is a :class:`FlashError` naming the block and offset, the device's
 (``errWRITE``...) and state, and what was expected; a stall (pipe error) is followed by a
 GETSTATUS to say why, and the device is left in ``dfuIDLE`` when it can still be reached.
 
-``backend: simulated`` uses :mod:`.dfu_sim` (a software device behind pyusb's backend interface).
+``backend: simulated`` uses :mod:`.testing.dfu_sim` (a software device behind pyusb's backend interface).
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ class DfuFlasher(FlasherDriver):
         settings = self.ctx.settings
         self.backend = self.ctx.extra.get("usb_backend")
         if self.backend is None and settings.get("backend") == "simulated":
-            from .dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
+            from .testing.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
 
             self.simulator = SimulatedDfuDevice(
                 alt_names=tuple(settings.get("simulated_alts", ["flash"])),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from pytest_jumpstarter_flashers.dfu import DfuFlasher
-from pytest_jumpstarter_flashers.dfu_sim import (
+from pytest_jumpstarter_flashers.testing.dfu_sim import (
     ABORT,
     DETACH,
     DNLOAD,

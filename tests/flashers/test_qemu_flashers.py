@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pytest_jumpstarter_flashers import base
 from pytest_jumpstarter_flashers.qemu_disk import QemuDiskFlasher
-from pytest_jumpstarter_flashers.tftp import netns_tftp
+from pytest_jumpstarter_flashers.testing.tftp import netns_tftp
 from pytest_jumpstarter_flashers.uboot import UBootTftpFlasher
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript

@@ -32,7 +32,7 @@ from net_support import (
     TunnelFactory,
 )
 from pytest_jumpstarter_network import TcpRelay
-from pytest_jumpstarter_network.echo_server import EchoServer
+from pytest_jumpstarter_network.testing.echo_server import EchoServer
 
 from pytest_jumpstarter import DeviceContext, Driver
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pytest_jumpstarter_network.echo_server import EchoServer
+from pytest_jumpstarter_network.testing.echo_server import EchoServer
 from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
 
 pytestmark = pytest.mark.timeout(240)

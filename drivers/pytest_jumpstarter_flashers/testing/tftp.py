@@ -1,10 +1,10 @@
 """A read-only TFTP server (RFC 1350, with the blksize/tsize/timeout options of RFC 2347-2349), and a
 network namespace with a TAP device that a QEMU board can sit on while the server answers inside it.
 
-For boards that are not on QEMU's user-mode network (whose built-in TFTP is used otherwise): a TAP
-board in a lab, or a test that must stop the server mid-transfer.  The server runs as its own process
-(``python -m pytest_jumpstarter_flashers.tftp --root DIR --address IP``), inside the namespace when
-there is one, so killing it is as real as a TFTP server going down.
+A test double: the ``uboot-tftp`` flasher uses the board's own TFTP folder (QEMU's user-mode
+network); this is for a test that must take a TFTP server down mid-transfer.  The server runs as its
+own process (``python -m pytest_jumpstarter_flashers.testing.tftp --root DIR --address IP``), inside
+the namespace, so killing it is as real as a TFTP server going down.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def netns_tftp(root: Path, qemu: str) -> Iterator[NetnsTftp]:
         wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {env.name} {shutil.which(qemu) or qemu} "$@"\n')
         wrapper.chmod(0o755)
         env.qemu_binary = wrapper
-        server = [sys.executable, "-m", "pytest_jumpstarter_flashers.tftp", "--address", env.server_address]
+        server = [sys.executable, "-m", __spec__.name, "--address", env.server_address]
         env.server = subprocess.Popen(
             [*inside, *server, "--root", str(root)],
             stdout=subprocess.PIPE,

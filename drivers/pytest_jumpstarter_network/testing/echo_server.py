@@ -1,6 +1,6 @@
 """Small servers to point a tunnel at: TCP echo, TCP discard-and-count, UDP echo.
 
-Run as ``python -m pytest_jumpstarter_network.echo_server --host 10.0.0.2`` (inside a network
+Run as ``python -m pytest_jumpstarter_network.testing.echo_server --host 10.0.0.2`` (inside a network
 namespace, say, with ``ip netns exec``).  It prints one line ``READY echo=P count=P udp=P`` once every
 socket listens, then serves until killed or until its stdin closes (so it dies with its parent).
 
