@@ -53,7 +53,9 @@ def find_program(program: str, device: str, hint: str = "") -> str:
     """The full path of ``program`` on PATH; :class:`CommandNotFound` (with ``hint``) if it is not there."""
     found = shutil.which(program)
     if found is None:
-        raise CommandNotFound(device, f"{program!r} is not installed (not found on PATH){hint and ' ' + hint}")
+        raise CommandNotFound(
+            device, f"{program!r} is not installed (not found on PATH){hint and ' ' + hint}"
+        )
     return found
 
 
@@ -66,7 +68,7 @@ class Child:
         *,
         device: str,
         stdin: int | IO[bytes] | None = subprocess.DEVNULL,
-        stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+        stdout: int | IO[bytes] | Literal["stderr"] | None = subprocess.DEVNULL,
         stderr: StderrMode | Path = "tail",
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
@@ -89,10 +91,12 @@ class Child:
                 err = {"tail": subprocess.PIPE, "stdout": subprocess.STDOUT, "devnull": subprocess.DEVNULL}[
                     stderr
                 ]
+            if stdout == "stderr" and not isinstance(stderr, Path):
+                raise ValueError("stdout='stderr' needs stderr to be a file")
             self.popen: subprocess.Popen[bytes] = subprocess.Popen(
                 command,
                 stdin=stdin,
-                stdout=stdout,
+                stdout=err if stdout == "stderr" else stdout,
                 stderr=err,
                 env=None if env is None else dict(env),
                 cwd=cwd,
@@ -236,15 +240,17 @@ def spawn(
     *,
     device: str,
     stdin: int | IO[bytes] | None = subprocess.DEVNULL,
-    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdout: int | IO[bytes] | Literal["stderr"] | None = subprocess.DEVNULL,
     stderr: StderrMode | Path = "tail",
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     hint: str = "",
 ) -> Child:
-    """Start ``argv`` as a :class:`Child`; a program not on PATH is :class:`CommandNotFound` (with ``hint``)."""
+    """Start ``argv`` as a :class:`Child`; a program not on PATH is :class:`CommandNotFound` (+ ``hint``)."""
     program = find_program(str(argv[0]), device, hint)
-    return Child([program, *argv[1:]], device=device, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd)
+    return Child(
+        [program, *argv[1:]], device=device, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd
+    )
 
 
 def run(

@@ -21,7 +21,7 @@ from .errors import DriverError, WaitTimeout, timeout_message
 class Deadline:
     """A point in (monotonic) time by which ``what`` must have happened."""
 
-    __slots__ = ("seconds", "what", "_end")
+    __slots__ = ("_end", "seconds", "what")
 
     def __init__(self, seconds: float | None, what: str) -> None:
         self.seconds = seconds
@@ -43,9 +43,7 @@ class Deadline:
     def expired(self) -> bool:
         return self._end is not None and time.monotonic() >= self._end
 
-    def error(
-        self, device: str, detail: str = "", cls: type[DriverError] | None = None
-    ) -> DriverError:
+    def error(self, device: str, detail: str = "", cls: type[DriverError] | None = None) -> DriverError:
         """The error to raise when the deadline passed: it names what was awaited and for how long.
 
         ``cls`` makes a family's own error type (``cls(device, message)``) instead of :class:`WaitTimeout`.
