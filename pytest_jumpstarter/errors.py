@@ -47,6 +47,8 @@ class DriverError(JumpstarterError):
 
     def __init__(self, device: str, message: str) -> None:
         self.device = device
+        #: What went wrong, without the device prefix (for an error that wraps this one).
+        self.message = message
         super().__init__(f"device {device!r}: {message}")
 
 

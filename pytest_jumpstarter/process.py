@@ -127,6 +127,10 @@ class Child:
     def running(self) -> bool:
         return self.popen.poll() is None
 
+    def poll(self) -> int | None:
+        """As :meth:`subprocess.Popen.poll`: the exit status if it exited, else None."""
+        return self.popen.poll()
+
     @property
     def stdin(self) -> IO[bytes] | None:
         return self.popen.stdin

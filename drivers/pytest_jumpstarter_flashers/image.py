@@ -33,6 +33,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
 
+from pytest_jumpstarter.process import Child
+
 #: The unit in which images are read, checked for zeros, written and verified.
 BLOCK_SIZE = 1024 * 1024
 
@@ -384,8 +386,12 @@ class Image:
                 f"image {self.source} is zstd-compressed: install the 'zstandard' Python package "
                 "or the 'zstd' command (apt-get install zstd)"
             )
-        proc = subprocess.Popen(
-            [zstd, "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        proc = Child(
+            [zstd, "-d", "-c", "-q"],
+            device="image",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr="tail",
         )
         feed_error: list[BaseException] = []
 
@@ -413,20 +419,16 @@ class Image:
             feeder.join(timeout=self.timeout)
             if feed_error:
                 raise feed_error[0]
-            assert proc.stderr is not None
-            err = proc.stderr.read().decode("utf-8", "replace").strip()
-            if proc.wait(timeout=self.timeout) != 0:
+            proc.wait(self.timeout)
+            err = proc.stderr_tail().strip()
+            if proc.returncode != 0:
                 raise ImageError(
                     f"image {self.source}: zstd failed after {produced} bytes of output "
                     f"(truncated or corrupt file): {err}"
                 )
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            proc.kill()
+            proc.close()
             feeder.join(timeout=5)
 
 

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 from pytest_jumpstarter_qemu.cmdline import DiskFile, RunFiles, command_line, socket_args
 from pytest_jumpstarter_qemu.config import QemuConfig, check
-from pytest_jumpstarter_qemu.network import HostForward, UserNetwork, match_forwards, parse_network, parse_usernet
+from pytest_jumpstarter_qemu.network import (
+    HostForward,
+    UserNetwork,
+    match_forwards,
+    parse_network,
+    parse_usernet,
+)
 
 from pytest_jumpstarter.settings import SettingValueError
 
@@ -69,7 +75,10 @@ def test_state_drive_comes_before_the_disks_and_disks_use_their_per_run_files() 
     run = RunFiles(
         name="t/q",
         state_drive=Path("/w/vmstate.qcow2"),
-        disks=[DiskFile("disk0", "qcow2", Path("/w/disk-disk0.qcow2")), DiskFile("d", "raw", Path("/w/d.raw"))],
+        disks=[
+            DiskFile("disk0", "qcow2", Path("/w/disk-disk0.qcow2")),
+            DiskFile("d", "raw", Path("/w/d.raw")),
+        ],
     )
     cmd = command_line(config(), run)
     drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
@@ -83,7 +92,9 @@ def test_state_drive_comes_before_the_disks_and_disks_use_their_per_run_files() 
 
 def test_extra_args_come_last_and_bios_dtb_initrd_are_passed() -> None:
     cmd = command_line(
-        config(initrd=Path("/k/initrd"), dtb=Path("/k/x.dtb"), bios=Path("/fw"), extra_args=["-rtc", "base=utc"]),
+        config(
+            initrd=Path("/k/initrd"), dtb=Path("/k/x.dtb"), bios=Path("/fw"), extra_args=["-rtc", "base=utc"]
+        ),
         RUN,
     )
     assert cmd[-2:] == ["-rtc", "base=utc"]
