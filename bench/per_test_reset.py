@@ -139,7 +139,7 @@ def profile_restore(images: Images, rounds: int = 15) -> dict[str, float]:
                 resync.append(t2 - t1)
             for _ in range(3):
                 t0 = time.monotonic()
-                board.reset("reboot")
+                board.restore("reboot")
                 reboot.append(time.monotonic() - t0)
         finally:
             board.stop()

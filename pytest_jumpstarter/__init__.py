@@ -11,7 +11,20 @@ from typing import TYPE_CHECKING, Any
 # Imported on first use: pytest imports this package for its plugin on every run, and most runs
 # (no target configured) need none of it.  Type checkers see the real imports.
 if TYPE_CHECKING:
-    from .capabilities import FlashResult, HasConsole, Network, Power
+    from .capabilities import (
+        Addressable,
+        DiskHost,
+        Flash,
+        FlashResult,
+        HasConsole,
+        Network,
+        Power,
+        PowerState,
+        QmpHost,
+        Reset,
+        TftpHost,
+        UserNetwork,
+    )
     from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
     from .driver import DeviceContext, Driver, Transcript
     from .errors import (
@@ -30,10 +43,20 @@ if TYPE_CHECKING:
     )
     from .lifecycle import Target
     from .plugin import device_fixture
-    from .settings import Setting
+    from .settings import Setting, SettingValueError, setting
     from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
 
 _WHERE = {
+    "Addressable": "capabilities",
+    "DiskHost": "capabilities",
+    "Flash": "capabilities",
+    "PowerState": "capabilities",
+    "QmpHost": "capabilities",
+    "Reset": "capabilities",
+    "TftpHost": "capabilities",
+    "UserNetwork": "capabilities",
+    "SettingValueError": "settings",
+    "setting": "settings",
     "BoardPanic": "errors",
     "Console": "console",
     "ConsoleClosed": "errors",
@@ -71,6 +94,7 @@ _WHERE = {
 
 
 __all__ = [
+    "Addressable",
     "BoardPanic",
     "Console",
     "ConsoleClosed",
@@ -79,8 +103,10 @@ __all__ = [
     "DeviceExited",
     "DeviceSpec",
     "DeviceStateError",
+    "DiskHost",
     "Driver",
     "DriverError",
+    "Flash",
     "FlashError",
     "FlashResult",
     "HasConsole",
@@ -89,21 +115,28 @@ __all__ = [
     "LockTimeout",
     "Network",
     "Power",
+    "PowerState",
     "Problem",
+    "QmpHost",
     "Redactor",
+    "Reset",
     "RunResult",
     "SerialTransport",
     "Setting",
+    "SettingValueError",
     "SocketTransport",
     "Target",
     "TargetDescription",
     "TargetError",
+    "TftpHost",
     "Transcript",
     "TunnelError",
     "UBootShell",
+    "UserNetwork",
     "device_fixture",
     "load_target",
     "load_targets",
+    "setting",
 ]
 
 

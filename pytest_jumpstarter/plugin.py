@@ -40,7 +40,7 @@ class Run:
     """What one pytest run (one xdist worker) knows: its targets, drivers and live devices."""
 
     targets: list[TargetDescription]
-    drivers: Mapping[str, type[Driver]]
+    drivers: Mapping[str, type[Driver[Any]]]
     redact: Redactor
     manager: DeviceManager | None = None
     sources: list[str] = field(default_factory=list)
@@ -191,7 +191,7 @@ def _target_paths(config: pytest.Config) -> list[tuple[Path, str]]:
     return []
 
 
-def _collect_drivers(config: pytest.Config) -> tuple[dict[str, type[Driver]], list[str]]:
+def _collect_drivers(config: pytest.Config) -> tuple[dict[str, type[Driver[Any]]], list[str]]:
     """Register the driver packages of the entry-point group, then gather every driver class."""
     from importlib.metadata import entry_points
 
@@ -212,7 +212,7 @@ def _collect_drivers(config: pytest.Config) -> tuple[dict[str, type[Driver]], li
             continue
         if not pm.is_registered(module):
             pm.register(module, name)
-    drivers: dict[str, type[Driver]] = {}
+    drivers: dict[str, type[Driver[Any]]] = {}
     origin: dict[str, str] = {}
     problems: list[str] = []
     for impl in reversed(pm.hook.pytest_jumpstarter_add_drivers.get_hookimpls()):

@@ -7,6 +7,8 @@ image over TFTP in RAM-sized chunks and writes it), ``dfu`` (USB DFU 1.1 over py
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pytest_jumpstarter.driver import Driver
@@ -19,7 +21,7 @@ from .uboot import UBootTftpFlasher
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
     return [BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher]
 
 

@@ -57,7 +57,7 @@ class Destination:
 _PARTITION = re.compile(r"^\s*(?:(?P<storage>[^:+\s]+):)?(?P<offset>[^+\s]+)(?:\s*\+\s*(?P<size>\S+))?\s*$")
 
 
-class FlasherDriver(Driver):
+class FlasherDriver(Driver[Any]):
     """Base of the flasher methods; ``name`` is the method as ``driver:`` names it."""
 
     role = "flasher"

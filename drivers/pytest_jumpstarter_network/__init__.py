@@ -6,6 +6,8 @@ Drivers (role ``net_tunnel``): ``qemu-user-forward`` (slirp host forwards of a Q
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pytest_jumpstarter.driver import Driver
@@ -27,5 +29,5 @@ __all__ = [
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
     return [QemuUserForward, TcpRelay]

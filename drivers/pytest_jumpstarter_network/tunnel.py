@@ -60,14 +60,14 @@ _COMMON_SETTINGS: dict[str, Setting] = {
 }
 
 
-class NetTunnel(Driver):
+class NetTunnel(Driver[Any]):
     """Host-side endpoints for ports on a board (TCP, UDP, Unix sockets), with optional impairment."""
 
     role: ClassVar[str | None] = "net_tunnel"
     #: Whether ``forwards:`` may name a ``unix:PATH`` upstream (only where the relay reaches it).
     allows_unix_upstream: ClassVar[bool] = False
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[Any]) -> None:
         super().__init__(ctx)
         self._relay: Relay | None = None
         self._relayed: dict[tuple[str, Target], Forward] = {}
@@ -345,7 +345,7 @@ class TcpRelay(NetTunnel):
                 "tcp-relay needs address: (the board's IP) or board: (a board with a guest_address)",
             )
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[Any]) -> None:
         super().__init__(ctx)
         self.address: str | None = None
 
@@ -405,7 +405,7 @@ class QemuUserForward(NetTunnel):
         **_COMMON_SETTINGS,
     }
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[Any]) -> None:
         super().__init__(ctx)
         self._hostfwds: dict[tuple[str, int], int] = {}
         self._boots: int | None = None

@@ -31,7 +31,7 @@ def pytest_jumpstarter_add_drivers() -> list[type[QemuBoard]]:
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_device_ready(device: Driver, item: pytest.Item | None) -> None:
+def pytest_jumpstarter_device_ready(device: Driver[Any], item: pytest.Item | None) -> None:
     if isinstance(device, QemuBoard) and item is not None:
         boards = item.stash.setdefault(_BOARDS, [])
         if device not in boards:

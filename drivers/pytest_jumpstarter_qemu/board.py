@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, overload
+from typing import Any, ClassVar, Literal
 
 from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console, LinuxShell, SocketTransport, UBootShell
 from pytest_jumpstarter.driver import DeviceContext, Driver
@@ -43,19 +43,21 @@ __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
 LINUX_PROMPT = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"
 
 
-class QemuBoard(Driver):
+class QemuBoard(Driver[Any]):
     """A board under ``qemu-system-<arch>``: power, serial console, QMP, disks and user-mode network."""
 
     name = "qemu"
     role = "qemu_vm"
-    reset_modes = ("reboot", "snapshot")
+    restore_modes = ("reboot", "snapshot")
+    #: Power-ons of this device so far (forwards and console belong to one power-on).
+    boots: int
     settings: ClassVar[Mapping[str, Setting]] = _config.SETTINGS
 
     @classmethod
     def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
         return _config.check(settings)
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[Any]) -> None:
         super().__init__(ctx)
         base_dir = Path(ctx.source).parent if ctx.source and not ctx.source.startswith("<") else Path.cwd()
         self.config = QemuConfig.from_settings(ctx.settings, base_dir)
@@ -107,25 +109,29 @@ class QemuBoard(Driver):
                 shutil.rmtree(self._tftp_root, ignore_errors=True)
                 self._tftp_root = None
 
-    @overload
-    def reset(self) -> None: ...
-    @overload
-    def reset(self, mode: str) -> str | None: ...
-    def reset(self, mode: str | None = None) -> str | None:
-        """Power: reset the board (QMP ``system_reset``) and wait until ready again.
-
-        Also the plugin's between-tests reset: ``reset: reboot`` does the same; ``reset: snapshot``
+    def restore(self, mode: str) -> str | None:
+        """The plugin's between-tests restore: ``reset: reboot`` is :meth:`reset`; ``reset: snapshot``
         restores the state saved right after the first boot (see :meth:`restore_snapshot`).
-        """
-        if mode not in (None, *self.reset_modes):
-            return f"driver 'qemu' cannot reset with {mode!r} (it can: {', '.join(self.reset_modes)})"
+        A QEMU that died comes back as a fresh one."""
+        if mode not in self.restore_modes:
+            return (
+                f"driver 'qemu' cannot restore with reset: {mode} (it can: {', '.join(self.restore_modes)})"
+            )
         if mode == "snapshot" and self.is_running:
             return self.restore_snapshot()
+        self.reset()
+        return None
+
+    def reset(self) -> None:
+        """Power: reset the board (QMP ``system_reset``) and wait until ready again.
+
+        A board that is off, or whose QEMU died, is powered on instead.
+        """
         if not self.is_running:
             if self.process is not None:
                 self.off()  # reap the dead QEMU (its files and sockets) before a fresh one
             self.on()
-            return None
+            return
         console = self.console
         seen = len(self.events)
         self.execute("system_reset")
@@ -135,7 +141,6 @@ class QemuBoard(Driver):
         self.wait_event("RESET", timeout=10.0, since=seen)
         console.drain(quiet=0.0, limit=0.5)
         self._wait_ready("after system_reset")
-        return None
 
     # --- power -----------------------------------------------------------------------------------
 
@@ -265,6 +270,11 @@ class QemuBoard(Driver):
 
     def disk_format(self, name: str) -> Literal["raw", "qcow2"]:
         return self._disks.format(name)
+
+    def new_disk_file(self, name: str) -> Path:
+        """A path for a disk file in this board's folder (it lives as long as the board does)."""
+        self.ctx.workdir.mkdir(parents=True, exist_ok=True)
+        return self.ctx.workdir / name
 
     def set_disk(self, name: str, path: str | os.PathLike[str], fmt: str = "raw") -> None:
         """Make disk ``name`` use ``path`` from the next power-on (the board must be off)."""

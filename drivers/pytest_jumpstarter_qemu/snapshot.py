@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pytest_jumpstarter.console import Console
 from pytest_jumpstarter.driver import DeviceContext
@@ -29,7 +29,7 @@ class SnapshotHost(Protocol):
     @property
     def device_name(self) -> str: ...
     @property
-    def ctx(self) -> DeviceContext: ...
+    def ctx(self) -> DeviceContext[Any]: ...
 
     @property
     def console(self) -> Console: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pytest_jumpstarter.driver import Driver
@@ -12,5 +14,5 @@ __all__ = ["SerialConsole"]
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
     return [SerialConsole]
