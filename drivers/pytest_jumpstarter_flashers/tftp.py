@@ -21,13 +21,13 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_jumpstarter.errors import DriverError
 from pytest_jumpstarter.process import Child, run, spawn
+from pytest_jumpstarter.waiting import Deadline
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 ERR_NOT_FOUND, ERR_ACCESS, ERR_ILLEGAL = 1, 2, 4
@@ -84,9 +84,9 @@ def _data_packets(data: bytes, block_size: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _wait_ack(sock: socket.socket, client: tuple[str, int], number: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([sock], [], [], left)
+    deadline = Deadline(timeout, f"ACK {number}")
+    while not deadline.expired:
+        ready, _, _ = select.select([sock], [], [], deadline.remaining())
         if not ready:
             return False
         packet, sender = sock.recvfrom(65536)
