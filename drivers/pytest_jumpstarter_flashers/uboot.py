@@ -28,6 +28,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from pytest_jumpstarter.capabilities import Reset
 from pytest_jumpstarter.errors import ConsoleTimeout, DriverError, FlashError
 from pytest_jumpstarter.settings import Setting
 
@@ -170,7 +171,11 @@ class UBootTftpFlasher(FlasherDriver):
             raise FlashError(self.device_name, f"{self.name}: preparing U-Boot failed: {exc}") from exc
         yield
         if settings.get("reset_after", True):
-            board.reset()
+            # A board made of parts (driver board) has no reset line: cycling its power resets it.
+            if isinstance(board, Reset):
+                board.reset()
+            else:
+                board.cycle()
 
     # --- writing ------------------------------------------------------------------------------
 
