@@ -32,6 +32,7 @@ from pexpect.expect import Expecter, searcher_re
 from pexpect.spawnbase import SpawnBase
 
 from .errors import BoardPanic, ConsoleClosed, ConsoleTimeout, DriverError
+from .waiting import Deadline
 
 #: Patterns that mean a Linux board is gone for good; waiting longer cannot help.
 LINUX_FATAL_PATTERNS = (r"Kernel panic - not syncing[^\r\n]*",)
@@ -277,9 +278,9 @@ class Console(SpawnBase):  # type: ignore[misc]
 
     def drain(self, quiet: float = 0.05, limit: float = 2.0) -> str:
         """Read until the board has been quiet for ``quiet`` seconds (at most ``limit`` in all)."""
-        deadline = time.monotonic() + limit
+        deadline = Deadline(limit, "the console to go quiet")
         got = []
-        while time.monotonic() < deadline:
+        while not deadline.expired:
             try:
                 got.append(self.read_nonblocking(self.maxread, quiet))
             except pexpect.TIMEOUT:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pytest_jumpstarter_qemu import qemu_img
 
 from pytest_jumpstarter.errors import DriverError
 from pytest_jumpstarter.settings import Setting
@@ -26,24 +26,23 @@ from .base import Destination, FlasherDriver, dump_file, verify_blocks, write_bl
 from .image import Image
 from .progress import Progress
 
+T = TypeVar("T")
 
-def _qemu_img(flasher: FlasherDriver, dest: Destination, *args: str, timeout: float = 300.0) -> str:
+
+def _as_flash_error(flasher: FlasherDriver, dest: Destination, call: Callable[[], T]) -> T:
+    """A qemu-img failure (not installed, failed, too slow) as this flash's error."""
     try:
-        result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise flasher.fail(dest, "qemu-img is not installed (apt-get install qemu-utils)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise flasher.fail(dest, f"qemu-img {' '.join(args)} did not finish within {timeout}s") from exc
-    if result.returncode != 0:
-        raise flasher.fail(dest, f"qemu-img {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
+        return call()
+    except DriverError as exc:
+        raise flasher.fail(dest, exc.message) from exc
 
 
 def disk_size(flasher: FlasherDriver, dest: Destination, path: Path, fmt: str) -> int:
-    if fmt == "raw":
-        return path.stat().st_size if path.exists() else 0
-    info = json.loads(_qemu_img(flasher, dest, "info", "--output=json", "-f", fmt, str(path), timeout=30))
-    return int(info["virtual-size"])
+    return _as_flash_error(flasher, dest, lambda: qemu_img.virtual_size(flasher.device_name, path, fmt))
+
+
+def _to_raw(flasher: FlasherDriver, dest: Destination, source: Path, fmt: str, raw: Path) -> None:
+    _as_flash_error(flasher, dest, lambda: qemu_img.convert_to_raw(flasher.device_name, source, fmt, raw))
 
 
 def read_disk(
@@ -54,7 +53,7 @@ def read_disk(
     fmt = board.disk_format(dest.storage)
     if fmt != "raw":
         raw = flasher.ctx.workdir / f"dump-{dest.storage}.raw"
-        _qemu_img(flasher, dest, "convert", "-f", fmt, "-O", "raw", str(disk), str(raw))
+        _to_raw(flasher, dest, disk, fmt, raw)
         disk = raw
     fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -123,7 +122,7 @@ class QemuDiskFlasher(FlasherDriver):
             fd = os.open(fresh, os.O_RDWR | os.O_CLOEXEC)
             zeros = "write"
         else:
-            _qemu_img(self, dest, "convert", "-f", fmt, "-O", "raw", str(current), str(fresh))
+            _to_raw(self, dest, current, fmt, fresh)
             keep_size = 0
             fd = os.open(fresh, os.O_RDWR | os.O_CLOEXEC)
             zeros = "write"

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import JumpstarterError, TunnelError
 from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.waiting import Deadline
 
 from .impairment import Impairment
 from .relay import Address, Forward, Relay
@@ -468,7 +469,7 @@ class QemuUserForward(NetTunnel):
         if host_port is None:
             return
         half_open = re.compile(rf"TCP\[SYN_SENT\]\s+\d+\s+\S+\s+{host_port}\s")
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, f"{self._label(target)} to answer")
         relayed = ("tcp", target) in self._relayed and (
             self._impairment is not None or self.ctx.settings.get("relay", False)
         )
@@ -489,7 +490,7 @@ class QemuUserForward(NetTunnel):
                     seen_half_open = True
                 elif seen_half_open or time.monotonic() > grace:
                     break
-                if time.monotonic() > deadline:
+                if deadline.expired:
                     raise TunnelError(
                         self.device_name,
                         f"cannot connect to {self._label(target)}: no answer within {timeout}s",

@@ -27,7 +27,7 @@ def uboot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuBoard]:
     )
     board.start()
     yield board
-    pid = board._proc.pid if board._proc else None
+    pid = board.pid
     board.stop()
     assert pid not in qemu_pids()
 
@@ -79,7 +79,7 @@ def test_power_off_with_unread_console_output_quits_cleanly(make_board, images: 
     # SIGTERM unanswered and had to be killed.  off() must still end it through QMP quit (exit 0).
     board = make_board(uboot_settings(images, network={"tftp": True}, boot_timeout="30s"))
     board.start()
-    proc = board._proc
+    proc = board.process
     assert proc is not None
     since = len(board.events)
     board.execute("system_reset")
