@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         UserNetwork,
     )
     from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
-    from .driver import DeviceContext, Driver, Transcript
+    from .driver import DeviceContext, Driver, Referred, Transcript
     from .errors import (
         BoardPanic,
         ConsoleClosed,
@@ -77,6 +77,7 @@ _WHERE = {
     "Power": "capabilities",
     "Problem": "errors",
     "Redactor": "target",
+    "Referred": "driver",
     "RunResult": "console",
     "SerialTransport": "console",
     "Setting": "settings",
@@ -119,6 +120,7 @@ __all__ = [
     "Problem",
     "QmpHost",
     "Redactor",
+    "Referred",
     "Reset",
     "RunResult",
     "SerialTransport",
