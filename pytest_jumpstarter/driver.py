@@ -249,7 +249,8 @@ class Driver(Generic[S]):
     def check(cls, settings: S) -> Iterable[tuple[str, str]]:
         """Cross-setting validation after each value passed its own check.
 
-        Yield ``(key, message)`` for each problem; the loader adds the file and line.
+        Yield ``(key, message)`` for each problem (``"forwards.ssh"`` for a nested key); the
+        loader adds the file and line.
         """
         return ()
 

@@ -223,7 +223,8 @@ def _validate_device(
         return {**generic, "driver": driver, "role": role, "settings": None, "refs": refs}
     typed = build(driver.settings, driver.settings_class, settings)
     for key, message in driver.check(typed):
-        problems.add((*where, key) if key else where, message)
+        # "forwards.ssh" names a nested key: located at its own line.
+        problems.add((*where, *key.split(".")) if key else where, message)
     return {**generic, "driver": driver, "role": role, "settings": typed, "refs": refs}
 
 
@@ -292,7 +293,7 @@ def _check_with_refs(
         if ref != device and ref in partial and (provided := _provided(partial[ref])) is not None
     }
     for key, message in spec["driver"].check_refs(spec["settings"], referred):
-        problems.add(("devices", device, key) if key else ("devices", device), message)
+        problems.add(("devices", device, *key.split(".")) if key else ("devices", device), message)
 
 
 def _check_needs(
