@@ -25,10 +25,11 @@ if TYPE_CHECKING:
         TftpHost,
         UserNetwork,
     )
-    from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
+    from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport
     from .driver import DeviceContext, Driver, Referred, Transcript
     from .errors import (
         BoardPanic,
+        BoardReset,
         ConsoleClosed,
         ConsoleTimeout,
         DeviceExited,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .plugin import device_fixture
     from .settings import Setting, SettingValueError, setting
     from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
+    from .uboot import UBootShell
 
 _WHERE = {
     "Addressable": "capabilities",
@@ -58,6 +60,7 @@ _WHERE = {
     "SettingValueError": "settings",
     "setting": "settings",
     "BoardPanic": "errors",
+    "BoardReset": "errors",
     "Console": "console",
     "ConsoleClosed": "errors",
     "ConsoleTimeout": "errors",
@@ -87,7 +90,7 @@ _WHERE = {
     "TargetError": "errors",
     "Transcript": "driver",
     "TunnelError": "errors",
-    "UBootShell": "console",
+    "UBootShell": "uboot",
     "device_fixture": "plugin",
     "load_target": "target",
     "load_targets": "target",
@@ -97,6 +100,7 @@ _WHERE = {
 __all__ = [
     "Addressable",
     "BoardPanic",
+    "BoardReset",
     "Console",
     "ConsoleClosed",
     "ConsoleTimeout",

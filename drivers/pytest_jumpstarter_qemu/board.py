@@ -33,7 +33,6 @@ from pytest_jumpstarter.console import (
     Console,
     LinuxShell,
     SocketTransport,
-    UBootShell,
 )
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import (
@@ -44,6 +43,7 @@ from pytest_jumpstarter.errors import (
     TunnelError,
 )
 from pytest_jumpstarter.settings import Setting, SettingValueError, _coerce_kind
+from pytest_jumpstarter.uboot import UBootShell
 
 from .qmp import Events, Qmp
 
