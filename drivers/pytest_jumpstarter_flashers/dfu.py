@@ -29,10 +29,11 @@ from typing import Any
 import usb.core
 import usb.util
 
+from pytest_jumpstarter.driver import DeviceContext
 from pytest_jumpstarter.errors import DriverError, FlashError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import setting
 
-from .base import Destination, FlasherDriver
+from .base import Destination, FlasherDriver, FlasherSettings
 from .image import Image, ImageError
 from .progress import Progress
 
@@ -214,30 +215,27 @@ def _is_stall(exc: usb.core.USBError) -> bool:
     return exc.errno == errno.EPIPE or getattr(exc, "backend_error_code", None) == -9
 
 
-class DfuFlasher(FlasherDriver):
+@dataclass(frozen=True, kw_only=True)
+class DfuSettings(FlasherSettings):
+    vendor_id: int | None = setting(None, doc="USB idVendor (e.g. 0x0483)")
+    product_id: int | None = setting(None, doc="USB idProduct in DFU or run-time mode")
+    serial: str | None = setting(None, doc="USB serial number, when several devices match")
+    backend: str = setting("libusb", choices=("libusb", "simulated"), doc="pyusb backend")
+    simulated_size: int = setting(64 * 1024 * 1024, kind="size", doc="storage of the simulated device")
+    simulated_alts: list[str] = setting(["flash"], doc="alternate settings of the simulated device")
+    request_timeout: float = setting(5.0, kind="duration", doc="deadline of one USB control request")
+    detach_timeout: float = setting(10.0, kind="duration", doc="wait for the device in DFU mode after detach")
+    manifest_timeout: float = setting(60.0, kind="duration", doc="deadline for manifestation")
+    find_timeout: float = setting(2.0, kind="duration", doc="how long to look for the device on the bus")
+
+
+class DfuFlasher(FlasherDriver[DfuSettings]):
     """Flashes a USB DFU 1.1 device; targets are its alternate settings, by name or number."""
 
     name = "dfu"
     default_storage = "0"
-    settings = {
-        **FlasherDriver.common_settings,
-        "vendor_id": Setting("int", default=None, doc="USB idVendor (e.g. 0x0483)"),
-        "product_id": Setting("int", default=None, doc="USB idProduct in DFU or run-time mode"),
-        "serial": Setting("str", default=None, doc="USB serial number, when several devices match"),
-        "backend": Setting("str", default="libusb", choices=("libusb", "simulated"), doc="pyusb backend"),
-        "simulated_size": Setting("size", default=64 * 1024 * 1024, doc="storage of the simulated device"),
-        "simulated_alts": Setting(
-            "list", default=["flash"], doc="alternate settings of the simulated device"
-        ),
-        "request_timeout": Setting("duration", default=5.0, doc="deadline of one USB control request"),
-        "detach_timeout": Setting(
-            "duration", default=10.0, doc="wait for the device in DFU mode after detach"
-        ),
-        "manifest_timeout": Setting("duration", default=60.0, doc="deadline for manifestation"),
-        "find_timeout": Setting("duration", default=2.0, doc="how long to look for the device on the bus"),
-    }
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DeviceContext[DfuSettings]) -> None:
         super().__init__(ctx)
         self.simulator: Any = None
         self.backend: Any = None
@@ -248,17 +246,17 @@ class DfuFlasher(FlasherDriver):
     def start(self) -> None:
         settings = self.ctx.settings
         self.backend = self.ctx.extra.get("usb_backend")
-        if self.backend is None and settings.get("backend") == "simulated":
+        if self.backend is None and settings.backend == "simulated":
             from .dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
 
             self.simulator = SimulatedDfuDevice(
-                alt_names=tuple(settings.get("simulated_alts", ["flash"])),
-                size=settings.get("simulated_size", 64 * 1024 * 1024),
+                alt_names=tuple(settings.simulated_alts),
+                size=settings.simulated_size,
             )
             self.backend = SimulatedDfuBackend(self.simulator)
         elif self.backend is not None:
             self.simulator = getattr(self.backend, "device", None)
-        device = self._find(deadline=time.monotonic() + settings.get("find_timeout", 2.0))
+        device = self._find(deadline=time.monotonic() + settings.find_timeout)
         if device is None:
             raise DriverError(
                 self.device_name, f"dfu: no USB device matches {self._wanted()}: is it plugged in?"
@@ -269,12 +267,12 @@ class DfuFlasher(FlasherDriver):
     def _wanted(self) -> str:
         s = self.ctx.settings
         parts = []
-        if s.get("vendor_id") is not None:
-            parts.append(f"idVendor {s['vendor_id']:#06x}")
-        if s.get("product_id") is not None:
-            parts.append(f"idProduct {s['product_id']:#06x}")
-        if s.get("serial"):
-            parts.append(f"serial {s['serial']!r}")
+        if s.vendor_id is not None:
+            parts.append(f"idVendor {s.vendor_id:#06x}")
+        if s.product_id is not None:
+            parts.append(f"idProduct {s.product_id:#06x}")
+        if s.serial:
+            parts.append(f"serial {s.serial!r}")
         return ", ".join(parts) + " with a DFU interface" if parts else "any device with a DFU interface"
 
     def _dfu_interfaces(self, device: Any) -> list[Any]:
@@ -288,16 +286,16 @@ class DfuFlasher(FlasherDriver):
         s = self.ctx.settings
 
         def match(device: Any) -> bool:
-            if s.get("vendor_id") is not None and device.idVendor != s["vendor_id"]:
+            if s.vendor_id is not None and device.idVendor != s.vendor_id:
                 return False
-            if s.get("product_id") is not None and device.idProduct != s["product_id"] and not dfu_mode:
+            if s.product_id is not None and device.idProduct != s.product_id and not dfu_mode:
                 return False
             interfaces = self._dfu_interfaces(device)
             if not interfaces or (dfu_mode and interfaces[0].bInterfaceProtocol != 2):
                 return False
-            if s.get("serial"):
+            if s.serial:
                 try:
-                    return bool(usb.util.get_string(device, device.iSerialNumber) == s["serial"])
+                    return bool(usb.util.get_string(device, device.iSerialNumber) == s.serial)
                 except (usb.core.USBError, ValueError):
                     return False
             return True
@@ -332,8 +330,8 @@ class DfuFlasher(FlasherDriver):
 
     def _open(self, dest: Destination) -> DfuSession:
         """Find the device, in DFU mode (detaching it if needed), with ``dest``'s alternate setting."""
-        timeout_ms = int(self.ctx.settings.get("request_timeout", 5.0) * 1000)
-        device = self._find(deadline=time.monotonic() + self.ctx.settings.get("find_timeout", 2.0))
+        timeout_ms = int(self.ctx.settings.request_timeout * 1000)
+        device = self._find(deadline=time.monotonic() + self.ctx.settings.find_timeout)
         if device is None:
             raise self.fail(dest, f"no USB device matches {self._wanted()} (unplugged?)")
         interfaces = self._dfu_interfaces(device)
@@ -374,13 +372,13 @@ class DfuFlasher(FlasherDriver):
             if not _is_gone(exc):  # a device that detaches at once may vanish under the request
                 raise self.fail(dest, f"DFU_DETACH failed: {exc}") from exc
         usb.util.dispose_resources(device)
-        deadline = time.monotonic() + self.ctx.settings.get("detach_timeout", 10.0)
+        deadline = time.monotonic() + self.ctx.settings.detach_timeout
         found = self._find(deadline, dfu_mode=True)
         if found is None:
             raise self.fail(
                 dest,
                 f"after DFU_DETACH the device did not come back in DFU mode within "
-                f"{self.ctx.settings.get('detach_timeout', 10.0)}s",
+                f"{self.ctx.settings.detach_timeout}s",
             )
         self._alts = {name: alt for alt, name in self._alt_names(found).items()}
         return found
@@ -441,7 +439,7 @@ class DfuFlasher(FlasherDriver):
             raise _Fault(f"{where}: expected status OK, state dfuDNLOAD-IDLE; device reported {status}")
 
     def _manifest(self, session: DfuSession, dest: Destination, number: int, size: int) -> None:
-        deadline = time.monotonic() + self.ctx.settings.get("manifest_timeout", 60.0)
+        deadline = time.monotonic() + self.ctx.settings.manifest_timeout
         where = f"manifestation after {size} bytes"
         try:
             session._out(Request.DNLOAD, number, b"")
