@@ -25,13 +25,15 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
+from pytest_jumpstarter.capabilities import Addressable, PowerState, QmpHost, UserNetwork
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import JumpstarterError, TunnelError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import SettingValueError, describe, setting
 
 from .impairment import Impairment
 from .relay import Address, Forward, Relay
@@ -43,31 +45,61 @@ Target = int | Path
 
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
 
-_COMMON_SETTINGS: dict[str, Setting] = {
-    "forwards": Setting(
-        "mapping",
-        default={},
+
+def _forward_shorthand(value: object) -> object:
+    """A forward's short form: a port number (``22``) or ``unix:PATH``."""
+    if isinstance(value, str) and value.startswith("unix:"):
+        return {"unix": value[5:]}
+    if (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.strip().isdigit()
+    ):
+        return {"port": value}
+    raise SettingValueError(f"expected a port number 1..65535 or unix:PATH, found {describe(value)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardTarget:
+    """Where a named forward leads: a port on the board, or (tcp-relay) a Unix socket on this host."""
+
+    port: int | None = setting(None, doc="the port on the board, 1..65535")
+    unix: Path | None = setting(None, doc="a Unix socket on this host (tcp-relay only)")
+
+    @property
+    def target(self) -> Target:
+        if self.unix is not None:
+            return self.unix
+        assert self.port is not None  # check() makes sure one of them is set
+        return self.port
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelSettings:
+    """What both tunnel drivers accept."""
+
+    forwards: dict[str, ForwardTarget] = setting(
+        {},
+        shorthand=_forward_shorthand,
         doc="names for ports, e.g. {ssh: 22, http: 80}; tcp('http') then means port 80",
-    ),
-    "listen": Setting(
-        "str",
-        default="127.0.0.1",
-        doc="address the relay listens on; only loopback unless you set e.g. 0.0.0.0 on purpose",
-    ),
-    "connect_timeout": Setting(
-        "duration", default=5.0, doc="how long the relay waits for the board to accept"
-    ),
-}
+    )
+    listen: str = setting(
+        "127.0.0.1", doc="address the relay listens on; only loopback unless you set e.g. 0.0.0.0 on purpose"
+    )
+    connect_timeout: float = setting(
+        5.0, kind="duration", doc="how long the relay waits for the board to accept"
+    )
 
 
-class NetTunnel(Driver[Any]):
+TS = TypeVar("TS", bound=TunnelSettings)
+
+
+class NetTunnel(Driver[TS]):
     """Host-side endpoints for ports on a board (TCP, UDP, Unix sockets), with optional impairment."""
 
     role: ClassVar[str | None] = "net_tunnel"
     #: Whether ``forwards:`` may name a ``unix:PATH`` upstream (only where the relay reaches it).
     allows_unix_upstream: ClassVar[bool] = False
 
-    def __init__(self, ctx: DeviceContext[Any]) -> None:
+    def __init__(self, ctx: DeviceContext[TS]) -> None:
         super().__init__(ctx)
         self._relay: Relay | None = None
         self._relayed: dict[tuple[str, Target], Forward] = {}
@@ -76,23 +108,27 @@ class NetTunnel(Driver[Any]):
         self._short_dir: Path | None = None
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-        for name, value in (settings.get("forwards") or {}).items():
-            try:
-                _parse_target(value, cls.allows_unix_upstream)
-            except ValueError as exc:
-                yield f"forwards.{name}", str(exc)
+    def check(cls, settings: TS) -> Iterable[tuple[str, str]]:
+        for name, forward in settings.forwards.items():
+            if (forward.port is None) == (forward.unix is None):
+                yield (
+                    f"forwards.{name}",
+                    "expected one of port: (a port on the board) or unix: (a socket path)",
+                )
+            elif forward.unix is not None and not cls.allows_unix_upstream:
+                yield (
+                    f"forwards.{name}",
+                    f"expected a port number, found unix:{forward.unix} "
+                    "(unix: targets need driver tcp-relay)",
+                )
+            elif forward.port is not None and not 0 < forward.port < 65536:
+                yield f"forwards.{name}", f"expected a port number 1..65535, found {forward.port}"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._forwards = {
-            str(name): _parse_target(value, self.allows_unix_upstream)
-            for name, value in (self.ctx.settings.get("forwards") or {}).items()
-        }
-        self._relay = Relay(
-            f"{self.ctx.target}/{self.device_name}", self.ctx.settings.get("connect_timeout", 5.0)
-        )
+        self._forwards = {name: forward.target for name, forward in self.ctx.settings.forwards.items()}
+        self._relay = Relay(f"{self.ctx.target}/{self.device_name}", self.ctx.settings.connect_timeout)
         super().start()
         try:
             for name in self._forwards:
@@ -319,50 +355,53 @@ class NetTunnel(Driver[Any]):
         return self._short_dir
 
     def _listen_host(self) -> str:
-        host = str(self.ctx.settings.get("listen", "127.0.0.1"))
+        host = self.ctx.settings.listen
         return "0.0.0.0" if host == "*" else host
 
 
-class TcpRelay(NetTunnel):
+@dataclass(frozen=True, kw_only=True)
+class TcpRelaySettings(TunnelSettings):
+    board: str | None = setting(
+        None,
+        kind="ref",
+        needs=(Addressable,),
+        doc="the board device; its guest_address is used unless address: is set",
+    )
+    address: str | None = setting(None, doc="the board's IP address or host name")
+
+
+class TcpRelay(NetTunnel[TcpRelaySettings]):
     """``tcp-relay``: relay to a board reachable by IP (``address:``, or the board's ``guest_address``)."""
 
     name: ClassVar[str] = "tcp-relay"
     allows_unix_upstream: ClassVar[bool] = True
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting(
-            "ref", default=None, doc="the board device; its guest_address is used unless address: is set"
-        ),
-        "address": Setting("str", default=None, doc="the board's IP address or host name"),
-        **_COMMON_SETTINGS,
-    }
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    def check(cls, settings: TcpRelaySettings) -> Iterable[tuple[str, str]]:
         yield from super().check(settings)
-        if not settings.get("board") and not settings.get("address"):
+        if not settings.board and not settings.address:
             yield (
                 "address",
                 "tcp-relay needs address: (the board's IP) or board: (a board with a guest_address)",
             )
 
-    def __init__(self, ctx: DeviceContext[Any]) -> None:
+    def __init__(self, ctx: DeviceContext[TcpRelaySettings]) -> None:
         super().__init__(ctx)
         self.address: str | None = None
 
     def start(self) -> None:
-        address = self.ctx.settings.get("address")
-        board = self.ctx.refs.get("board")
-        if not address and board is not None:
-            address = getattr(board, "guest_address", None)
+        address = self.ctx.settings.address
+        if not address and self.ctx.has_ref("board"):
+            address = self.ctx.ref("board", Addressable).guest_address
             if not address:
                 raise TunnelError(
                     self.device_name,
-                    f"board {board.device_name!r} has no guest_address (is it on user networking? then use "
-                    "driver: qemu-user-forward), and no address: is set",
+                    f"board {self.ctx.settings.board!r} has no guest_address (is it on user networking? "
+                    "then use driver: qemu-user-forward), and no address: is set",
                 )
         if not address:
             raise TunnelError(self.device_name, "no address: set and no board: to take a guest_address from")
-        self.address = str(address)
+        self.address = address
         super().start()
 
     def _board_label(self) -> str:
@@ -383,7 +422,24 @@ class TcpRelay(NetTunnel):
         return Address(family, sockaddr)
 
 
-class QemuUserForward(NetTunnel):
+@runtime_checkable
+class UserNetBoard(UserNetwork, PowerState, QmpHost, Protocol):
+    """What qemu-user-forward needs of its board: slirp forwards, whether it runs, and QMP
+    (``info usernet`` tells a refused connection from one still being made)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class QemuUserForwardSettings(TunnelSettings):
+    board: str = setting(
+        kind="ref",
+        needs=(UserNetwork, PowerState, QmpHost),
+        doc="the QEMU board (driver qemu) on user networking",
+    )
+    host: str = setting("127.0.0.1", doc="host address slirp binds its forwards to")
+    relay: bool = setting(False, doc="always put the relay in front (impairment then applies to all)")
+
+
+class QemuUserForward(NetTunnel[QemuUserForwardSettings]):
     """``qemu-user-forward``: slirp host forwards of a QEMU board on user networking.
 
     Endpoints are slirp's own host ports (no extra hop).  Inside ``impaired()``, or with
@@ -396,23 +452,15 @@ class QemuUserForward(NetTunnel):
     """
 
     name: ClassVar[str] = "qemu-user-forward"
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting("ref", doc="the QEMU board (driver qemu) on user networking"),
-        "host": Setting("str", default="127.0.0.1", doc="host address slirp binds its forwards to"),
-        "relay": Setting(
-            "bool", default=False, doc="always put the relay in front (impairment then applies to all)"
-        ),
-        **_COMMON_SETTINGS,
-    }
 
-    def __init__(self, ctx: DeviceContext[Any]) -> None:
+    def __init__(self, ctx: DeviceContext[QemuUserForwardSettings]) -> None:
         super().__init__(ctx)
         self._hostfwds: dict[tuple[str, int], int] = {}
         self._boots: int | None = None
 
     def _refresh(self, remake: bool = True) -> None:
         # QemuBoard counts its launches; slirp forwards die with the QEMU process that had them.
-        boots = getattr(self._board(), "boots", None)
+        boots = self._board().boots
         if boots == self._boots:
             return
         known, self._boots = self._boots, boots
@@ -424,24 +472,18 @@ class QemuUserForward(NetTunnel):
         for (kind, target), fwd in self._relayed.items():
             fwd.upstream = self._upstream("udp" if kind == "udp" else "tcp", target)
 
-    def _board(self) -> Any:
-        board = self.ctx.refs.get("board")
-        if board is None:
-            raise TunnelError(
-                self.device_name, "no board: device given (qemu-user-forward needs a QEMU board)"
-            )
-        return board
+    def _board(self) -> UserNetBoard:
+        return self.ctx.ref("board", UserNetBoard)
 
     def _board_label(self) -> str:
-        board = self.ctx.refs.get("board")
-        return f"board {board.device_name!r}" if board is not None else f"board of {self.device_name!r}"
+        return f"board {self.ctx.settings.board!r}"
 
     def _hostfwd(self, proto: str, port: int) -> int:
         key = (proto, port)
         if key not in self._hostfwds:
-            host = str(self.ctx.settings.get("host", "127.0.0.1"))
+            host = self.ctx.settings.host
             try:
-                self._hostfwds[key] = int(self._board().hostfwd_add(port, proto=proto, host=host))
+                self._hostfwds[key] = self._board().hostfwd_add(port, proto=proto, host=host)
             except JumpstarterError as exc:
                 raise TunnelError(
                     self.device_name, f"cannot add a slirp {proto} forward to {self._label(port)}: {exc}"
@@ -470,7 +512,7 @@ class QemuUserForward(NetTunnel):
         half_open = re.compile(rf"TCP\[SYN_SENT\]\s+\d+\s+\S+\s+{host_port}\s")
         deadline = time.monotonic() + timeout
         relayed = ("tcp", target) in self._relayed and (
-            self._impairment is not None or self.ctx.settings.get("relay", False)
+            self._impairment is not None or self.ctx.settings.relay
         )
         # Through the relay, slirp's close takes one more hop (and the impairment's delay) to arrive.
         linger = 0.0
@@ -512,14 +554,14 @@ class QemuUserForward(NetTunnel):
             )
 
     def _direct(self, proto: str, target: Target) -> tuple[str, int] | None:
-        if self.ctx.settings.get("relay", False):
+        if self.ctx.settings.relay:
             return None
         assert isinstance(target, int)
-        return str(self.ctx.settings.get("host", "127.0.0.1")), self._hostfwd(proto, target)
+        return self.ctx.settings.host, self._hostfwd(proto, target)
 
     def _upstream(self, proto: str, target: Target) -> Address:
         assert isinstance(target, int)
-        return Address.inet(str(self.ctx.settings.get("host", "127.0.0.1")), self._hostfwd(proto, target))
+        return Address.inet(self.ctx.settings.host, self._hostfwd(proto, target))
 
     def _close_direct(self, proto: str, target: Target) -> None:
         if isinstance(target, int):
@@ -530,10 +572,10 @@ class QemuUserForward(NetTunnel):
         if host_port is None:
             return
         board = self._board()
-        if not getattr(board, "is_running", True):
+        if not board.is_running:
             return  # the VM (and slirp with it) is gone: nothing left to remove
         try:
-            board.hostfwd_remove(host_port, proto=proto, host=str(self.ctx.settings.get("host", "127.0.0.1")))
+            board.hostfwd_remove(host_port, proto=proto, host=self.ctx.settings.host)
         except JumpstarterError as exc:
             log.warning(
                 "%s: removing slirp forward %s:%s failed: %s", self.device_name, proto, host_port, exc
@@ -541,27 +583,9 @@ class QemuUserForward(NetTunnel):
 
     def stop(self) -> None:
         try:
-            if self.started and getattr(self._board(), "is_running", True):
+            if self.started and self._board().is_running:
                 self._refresh(remake=False)  # forwards of an earlier QEMU process are gone already
             for proto, port in list(self._hostfwds):
                 self._remove_hostfwd(proto, port)
         finally:
             super().stop()
-
-
-def _parse_target(value: object, allow_unix: bool) -> Target:
-    """A forward's target from the description: a port number, or ``unix:PATH`` where allowed."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value)
-    elif isinstance(value, str) and value.startswith("unix:") and len(value) > 5:
-        if not allow_unix:
-            raise ValueError(f"expected a port number, found {value!r} (unix: targets need driver tcp-relay)")
-        return Path(value[5:]).expanduser()
-    else:
-        unix = " or unix:PATH" if allow_unix else ""
-        raise ValueError(f"expected a port number 1..65535{unix}, found {value!r}")
-    if not 0 < number < 65536:
-        raise ValueError(f"expected a port number 1..65535, found {number}")
-    return number
