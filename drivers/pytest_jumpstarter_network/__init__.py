@@ -13,8 +13,9 @@ import pytest
 from pytest_jumpstarter.driver import Driver
 
 from .impairment import Impairment, ImpairmentError
+from .qemu_forward import QemuUserForward
 from .relay import Address, Forward, Relay
-from .tunnel import NetTunnel, QemuUserForward, TcpRelay
+from .tunnel import NetTunnel, TcpRelay
 
 __all__ = [
     "Address",
