@@ -15,9 +15,11 @@ case "$mode" in
 esac
 
 # Debian packages: QEMU under TCG, Debian's U-Boot builds, BusyBox for the initramfs, socat for pty pairs,
-# iproute2 for network namespaces, cpio/xz/zstd for images.
+# iproute2 for network namespaces, cpio/xz/zstd for images, syslinux/mtools/dosfstools for the boot
+# disk a Jumpstarter QEMU exporter boots (built without mounting anything).
 apt_packages=(qemu-system-x86 qemu-system-arm qemu-utils u-boot-qemu busybox-static socat cpio iproute2
-              xz-utils zstd kmod ca-certificates)
+              xz-utils zstd kmod ca-certificates
+              syslinux syslinux-common mtools dosfstools)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -34,10 +36,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pytest_jumpstarter, xdist, pytest_timeout, ruff, mypy" 2>/dev/null \
+if ! .venv/bin/python -c "import pytest_jumpstarter, xdist, pytest_timeout, ruff, mypy, jumpstarter_cli" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "== installing pytest-jumpstarter into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint]'
+  # [jumpstarter]: the Jumpstarter client stack, for driver: jumpstarter and its tests (real exporters).
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint,jumpstarter]'
   touch .venv/.installed
 fi
 

@@ -55,6 +55,20 @@ class HasConsole(Protocol):
     def console(self) -> Console: ...
 
 
+@runtime_checkable
+class Reconnect(Protocol):
+    """A link that can be dropped and opened again: a console that goes away with its board's power.
+
+    A USB serial adapter on the board, or a console served by the board itself (a QEMU TCP chardev),
+    vanishes when the power goes off.  The board that owns such a console calls :meth:`disconnect`
+    before it cuts the power and :meth:`reconnect` (which waits for the far end, bounded) after it
+    switched the power back on.
+    """
+
+    def disconnect(self) -> None: ...
+    def reconnect(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class FlashResult:
     """What a flash did.  Only returned when the image was written and, if asked, verified."""
@@ -164,6 +178,7 @@ CAPABILITIES: tuple[type, ...] = (
     PowerState,
     Reset,
     HasConsole,
+    Reconnect,
     Flash,
     Network,
     DiskHost,

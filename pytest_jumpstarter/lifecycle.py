@@ -217,7 +217,8 @@ class DeviceManager:
             transcript=Transcript(self.redact),
             redact=self.redact,
             progress=self._progress(spec.name),
-            extra=dict(self._extra),
+            # "notify" shows a line on the terminal now (e.g. who holds a remote board we wait for).
+            extra={**self._extra, "notify": self.notify},
             # A test-scoped device boots fresh for each test: nothing to prepare a reset for.
             reset=spec.reset if spec.scope != "test" else "none",
         )

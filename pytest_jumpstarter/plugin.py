@@ -519,3 +519,6 @@ console = device_fixture("console", doc="The console device (e.g. driver serial)
 qemu_vm = device_fixture("qemu_vm", doc="The QEMU board (driver qemu) of the current target.")
 flasher = device_fixture("flasher", doc="The flasher device of the current target.")
 net_tunnel = device_fixture("net_tunnel", doc="The network tunnel device of the current target.")
+board = device_fixture(
+    "board", doc="The composite board (driver board: power + console) of the current target."
+)

@@ -362,19 +362,31 @@ def _coerce_kind(kind: Kind, value: object, base_dir: Path, item: Kind = "str") 
     if kind == "path":
         if not isinstance(value, str) or not value.strip():
             raise SettingValueError(f"expected a file path, found {describe(value)}")
-        path = Path(value.strip()).expanduser()
-        return path if path.is_absolute() else (base_dir / path).resolve()
+        if "\x00" in value:
+            raise SettingValueError(
+                f"expected a file path, found {describe(value)} (it holds a NUL character)"
+            )
+        try:
+            path = Path(value.strip()).expanduser()
+            return path if path.is_absolute() else (base_dir / path).resolve()
+        except (RuntimeError, OSError, ValueError) as exc:  # ~nobody/..., a loop of symlinks
+            raise SettingValueError(
+                f"expected a file path, found {describe(value)}, which cannot be resolved: {exc}"
+                " (is ~user a user's home folder?)"
+            ) from None
     if kind == "duration":
         if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf:
             return float(value)
         if isinstance(value, str) and (m := _DURATION.match(value)):
             scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
-            return float(m.group(1)) * scale
+            seconds = float(m.group(1)) * scale
+            if seconds < math.inf:
+                return seconds
         raise SettingValueError(f"expected a duration such as 30, '500ms' or '2m', found {describe(value)}")
     if kind == "size":
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        if isinstance(value, str) and (m := _SIZE.match(value)):
+        if isinstance(value, str) and (m := _SIZE.match(value)) and len(m.group(1)) <= 30:
             unit = (m.group(2) or "").upper().rstrip("B").rstrip("I") or ""
             return int(m.group(1)) * _SIZE_UNITS[unit]
         raise SettingValueError(f"expected a size such as 256M or 1G, found {describe(value)}")

@@ -77,6 +77,37 @@ def interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
     return _VAR.sub(expand, text), problems
 
 
+#: At most this many values in one YAML file once aliases are expanded (a real one has hundreds).
+MAX_YAML_VALUES = 100_000
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
+
+
+class _Refused(Exception):
+    def __init__(self, node: Any, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class _TooBig(_Refused):
+    def __init__(self, node: Any) -> None:
+        super().__init__(
+            node,
+            f"YAML file expands to more than {MAX_YAML_VALUES} values through its aliases (*name); refused",
+        )
+
+
+class _SelfReference(_Refused):
+    def __init__(self, node: Any) -> None:
+        super().__init__(node, "YAML alias refers to itself (a value that contains itself); refused")
+
+
+class _BadTag(_Refused):
+    def __init__(self, node: Any) -> None:
+        super().__init__(
+            node, f"YAML tag {node.tag!r} is not allowed: a target description is plain data (no tags)"
+        )
+
+
 def parse_yaml(text: str, problems: Problems) -> Doc | None:
     import yaml
 
@@ -97,9 +128,27 @@ def parse_yaml(text: str, problems: Problems) -> Doc | None:
         problems.add((), "expected a mapping with name and devices, found an empty file")
         return None
     constructor = yaml.SafeLoader("")
+    budget = [MAX_YAML_VALUES]
+    active: set[int] = set()
 
     def convert(node: yaml.Node, path: tuple[str, ...]) -> Any:
         lines.setdefault(path, node.start_mark.line + 1)
+        # Aliases share nodes: a file of a few lines can expand to billions of values
+        # ("billion laughs"), or refer to itself.  Both end here, located, before any real work.
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _TooBig(node)
+        if id(node) in active:
+            raise _SelfReference(node)
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+            raise _BadTag(node)
+        active.add(id(node))
+        try:
+            return convert_node(node, path)
+        finally:
+            active.discard(id(node))
+
+    def convert_node(node: yaml.Node, path: tuple[str, ...]) -> Any:
         if isinstance(node, yaml.MappingNode):
             constructor.flatten_mapping(node)
             out: dict[str, Any] = {}
@@ -128,9 +177,16 @@ def parse_yaml(text: str, problems: Problems) -> Doc | None:
 
     try:
         data = convert(root, ())
-    except yaml.YAMLError as exc:  # e.g. a bad tag or a malformed timestamp
+    except _Refused as exc:
+        problems.add((), str(exc), line=exc.node.start_mark.line + 1)
+        return None
+    except yaml.YAMLError as exc:  # e.g. an unknown tag
         mark = getattr(exc, "problem_mark", None)
-        problems.add((), f"YAML error: {exc}", line=mark.line + 1 if mark else None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        problems.add((), f"YAML error: {problem}", line=mark.line + 1 if mark else None)
+        return None
+    except (ValueError, TypeError, OverflowError) as exc:  # a malformed timestamp, say
+        problems.add((), f"YAML value that cannot be read: {exc}")
         return None
     if not isinstance(data, dict):
         problems.add((), f"expected a mapping with name and devices at the top, found {describe(data)}")

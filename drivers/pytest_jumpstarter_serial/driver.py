@@ -10,7 +10,7 @@ from typing import Any
 
 from pytest_jumpstarter.console import Console, SerialTransport
 from pytest_jumpstarter.driver import DeviceContext, Driver
-from pytest_jumpstarter.errors import DriverError
+from pytest_jumpstarter.errors import DeviceStateError, DriverError
 from pytest_jumpstarter.settings import setting
 
 
@@ -24,6 +24,11 @@ class SerialSettings:
         kind="duration",
         doc="how long to keep trying to open the port (a tty appearing, a server starting)",
     )
+    open_at_start: bool = setting(
+        True,
+        doc="open the port when the device starts; false for a port that exists only while its board "
+        "is powered (a USB serial on the board, a QEMU TCP chardev): the board opens it (reconnect())",
+    )
 
 
 class SerialConsole(Driver[SerialSettings]):
@@ -31,6 +36,8 @@ class SerialConsole(Driver[SerialSettings]):
 
     ``url`` is anything pyserial opens: ``socket://host:port`` (a TCP serial server, a QEMU TCP
     chardev), ``rfc2217://host:port``, ``loop://`` (echoes what is written), or a tty path.
+    It can be dropped and opened again (:class:`~pytest_jumpstarter.capabilities.Reconnect`), which a
+    composite board does around a power cycle.
     """
 
     name = "serial"
@@ -47,9 +54,14 @@ class SerialConsole(Driver[SerialSettings]):
 
     @property
     def console(self) -> Console:
-        """The started console (pexpect-compatible)."""
+        """The open console (pexpect-compatible)."""
         self.require_started("console")
-        assert self._console is not None
+        if self._console is None:
+            raise DeviceStateError(
+                self.device_name,
+                f"serial port {self.ctx.redact(self.url)!r} is not open (open_at_start: false, or "
+                "disconnected): the board using it opens it when it powers on; or call reconnect()",
+            )
         return self._console
 
     @property
@@ -59,14 +71,29 @@ class SerialConsole(Driver[SerialSettings]):
     def start(self) -> None:
         if self.started:
             return
-        port = self._open()
+        if self.ctx.settings.open_at_start:
+            self._connect()
+        self.started = True
+
+    def disconnect(self) -> None:
+        """Close the port (its board is going off); :meth:`reconnect` opens it again."""
+        console, self._console = self._console, None
+        if console is not None:
+            console.close()
+
+    def reconnect(self) -> None:
+        """Close the port if open and open it again, waiting up to ``open_timeout`` for it to appear."""
+        self.require_started("reconnect()")
+        self.disconnect()
+        self._connect()
+
+    def _connect(self) -> None:
         self._console = Console(
-            SerialTransport(port),
+            SerialTransport(self._open()),
             device=self.device_name,
             timeout=self.ctx.settings.timeout,
             logfile_read=self.ctx.transcript,
         )
-        self.started = True
 
     def _open(self) -> Any:
         import serial
@@ -96,10 +123,8 @@ class SerialConsole(Driver[SerialSettings]):
         )
 
     def stop(self) -> None:
-        console, self._console = self._console, None
         self.started = False
-        if console is not None:
-            console.close()
+        self.disconnect()
 
     def restore(self, mode: str) -> str | None:
         # A serial line has no state of its own to restore; the board behind it might, but that
