@@ -11,8 +11,8 @@ and written when its delivery time comes (see :mod:`.impairment` for the model).
 
 The connections themselves are in :mod:`.streams` (TCP, Unix) and :mod:`.datagrams` (UDP); the
 addresses and forwards they serve in :mod:`.endpoints`.  All socket work happens on the loop
-thread; the public methods hand work to it and wait (with a
-deadline) for the answer, so callers never share sockets with the loop.
+thread; the public methods hand work to it and wait (with a deadline) for the answer, so callers
+never share sockets with the loop.
 """
 
 from __future__ import annotations
