@@ -42,7 +42,7 @@ class Run:
     redact: Redactor
     manager: DeviceManager | None = None
     sources: list[str] = field(default_factory=list)
-    previous_sigterm: Any = None
+    previous_handlers: dict[int, Any] = field(default_factory=dict)
 
 
 RUN = pytest.StashKey[Run]()
@@ -132,8 +132,11 @@ def pytest_configure(config: pytest.Config) -> None:
     run = Run(targets=targets, drivers=drivers, redact=redact, sources=[d for _, d in paths])
     config.stash[RUN] = run
     if targets and threading.current_thread() is threading.main_thread():
-        # A CI cancel sends SIGTERM: turn it into the same orderly teardown as Ctrl-C.
-        run.previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        # A CI cancel sends SIGTERM, a closed terminal or dropped ssh session SIGHUP: turn both into
+        # the same orderly teardown as Ctrl-C (work folders and leases go too, not only processes).
+        for signum in TEARDOWN_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # under nohup, SIGHUP stays ignored
+                run.previous_handlers[signum] = signal.signal(signum, _signal_to_interrupt)
 
 
 def _load_targets(
@@ -161,10 +164,14 @@ def _load_targets(
         raise pytest.UsageError(str(exc)) from None
 
 
-def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
-    # Later SIGTERMs are ignored while teardown runs; a CI runner that loses patience sends SIGKILL.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt("SIGTERM")
+TEARDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _signal_to_interrupt(signum: int, frame: FrameType | None) -> None:
+    # Later signals are ignored while teardown runs; a CI runner that loses patience sends SIGKILL.
+    for other in TEARDOWN_SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -176,8 +183,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             for exc in run.manager.stop_all():
                 _warn(config, f"stopping a device failed: {run.redact(str(exc))}")
     finally:
-        if run.previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, run.previous_sigterm)
+        for signum, previous in run.previous_handlers.items():
+            if previous is not None:
+                signal.signal(signum, previous)
         del config.stash[RUN]
 
 
