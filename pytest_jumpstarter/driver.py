@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Generic, TextIO, TypeVar
 
 from .capabilities import CAPABILITIES, describe_needs, implements
 from .errors import DeviceStateError
+from .redact import Redactor
 from .settings import Setting, SettingValueError, build, coerce, declare
 
 S = TypeVar("S")
@@ -50,24 +51,42 @@ class Transcript:
         self._path: Path | None = None
         self._buffer = io.StringIO()
         self._size = 0
+        #: The raw end of the output so far that could be the start of a secret (see Redactor.split).
+        self._pending = ""
 
     def write(self, text: str) -> int:
         with self._lock:
-            if self._file is None and self._path is not None:
-                # Opened at the first output, so a quiet device costs no file per test.
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self._path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-            if self._file is not None:
-                self._file.write(self._redact(text))
-            self._buffer.write(text)
-            self._size += len(text)
-            if self._size > 2 * self.report_limit:
-                # Keep only the tail: the end of a transcript explains a failure, the start rarely does.
-                tail = self._buffer.getvalue()[-self.report_limit :]
-                self._buffer = io.StringIO()
-                self._buffer.write(tail)
-                self._size = len(tail)
+            # Redacted over a sliding window, not read by read: a secret split across two console
+            # reads must not reach the log file whole.
+            if isinstance(self._redact, Redactor):
+                safe, self._pending = self._redact.split(self._pending + text)
+            else:
+                safe = self._redact(text)
+            self._emit(safe)
         return len(text)
+
+    def _emit(self, safe: str) -> None:
+        if not safe:
+            return
+        if self._file is None and self._path is not None:
+            # Opened at the first output, so a quiet device costs no file per test.
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        if self._file is not None:
+            self._file.write(safe)
+        self._buffer.write(safe)
+        self._size += len(safe)
+        if self._size > 2 * self.report_limit:
+            # Keep only the tail: the end of a transcript explains a failure, the start rarely does.
+            tail = self._buffer.getvalue()[-self.report_limit :]
+            self._buffer = io.StringIO()
+            self._buffer.write(tail)
+            self._size = len(tail)
+
+    def _drain(self) -> None:
+        # A section ends: what was held back can no longer be continued there.
+        self._emit(self._redact(self._pending))
+        self._pending = ""
 
     def flush(self) -> None:
         with self._lock:
@@ -77,6 +96,7 @@ class Transcript:
     def begin(self, log_path: Path | None) -> None:
         """Start a new section (a test); its output also goes to ``log_path`` when given."""
         with self._lock:
+            self._drain()
             self._close_file()
             self._buffer = io.StringIO()
             self._size = 0
@@ -85,11 +105,12 @@ class Transcript:
     def end(self) -> str:
         """Close the section and return its (redacted, possibly tail-only) text."""
         with self._lock:
+            self._drain()
             self._close_file()
             text = self._buffer.getvalue()
             self._buffer = io.StringIO()
             self._size = 0
-        return self._redact(text[-self.report_limit :])
+        return text[-self.report_limit :]
 
     def _close_file(self) -> None:
         self._path = None

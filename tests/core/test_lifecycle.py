@@ -124,9 +124,7 @@ def test_an_interrupted_start_still_stops_every_device(rec_pytester: pytest.Pyte
     ]
 
 
-def _sigterm_after(
-    pytester: pytest.Pytester, marker: bytes, *args: str, signum: int = signal.SIGTERM
-) -> int:
+def _sigterm_after(pytester: pytest.Pytester, marker: bytes, *args: str, signum: int = signal.SIGTERM) -> int:
     """Run pytest in a process group, send ``signum`` once it printed ``marker``; return its exit code."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
