@@ -15,6 +15,7 @@ Built-in and third-party drivers register the same way: by implementing the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import threading
@@ -68,12 +69,15 @@ class Transcript:
     def _emit(self, safe: str) -> None:
         if not safe:
             return
-        if self._file is None and self._path is not None:
-            # Opened at the first output, so a quiet device costs no file per test.
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self._path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-        if self._file is not None:
-            self._file.write(safe)
+        try:
+            if self._file is None and self._path is not None:
+                # Opened at the first output, so a quiet device costs no file per test.
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            if self._file is not None:
+                self._file.write(safe)
+        except OSError as exc:
+            self._file_failed(exc)
         self._buffer.write(safe)
         self._size += len(safe)
         if self._size > 2 * self.report_limit:
@@ -91,7 +95,10 @@ class Transcript:
     def flush(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.flush()
+                try:
+                    self._file.flush()
+                except OSError as exc:
+                    self._file_failed(exc)
 
     def begin(self, log_path: Path | None) -> None:
         """Start a new section (a test); its output also goes to ``log_path`` when given."""
@@ -113,10 +120,23 @@ class Transcript:
         return text[-self.report_limit :]
 
     def _close_file(self) -> None:
-        self._path = None
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._file_failed(exc)
+        self._file = None
+        self._path = None
+
+    def _file_failed(self, exc: OSError) -> None:
+        # A log folder that fills up (or goes away) mid-test must not fail the console read that
+        # wrote to it: the rest of the section is kept for the report only, and the report says so.
+        self._buffer.write(f"\n[jumpstarter: console log {self._path} stopped: {exc.strerror or exc}]\n")
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+        self._path = None
 
 
 @dataclass

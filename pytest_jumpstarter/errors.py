@@ -123,6 +123,11 @@ class TunnelError(DriverError):
     """A network forward could not be made or used; the message names the board and the port."""
 
 
+class FolderError(JumpstarterError):
+    """A folder the run needs (for work files, console logs, leases or sockets) cannot be used;
+    the message names the folder, the option that chose it and what is wrong with it."""
+
+
 class LockTimeout(JumpstarterError):
     """An exclusive device stayed locked by someone else for longer than we were willing to wait."""
 

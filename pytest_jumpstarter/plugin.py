@@ -131,6 +131,8 @@ def pytest_configure(config: pytest.Config) -> None:
     redact = Redactor(v for t in targets for v in t.secret_values)
     run = Run(targets=targets, drivers=drivers, redact=redact, sources=[d for _, d in paths])
     config.stash[RUN] = run
+    if targets:
+        _prepare_folders(config, targets)
     if targets and threading.current_thread() is threading.main_thread():
         # A CI cancel sends SIGTERM, a closed terminal or dropped ssh session SIGHUP: turn both into
         # the same orderly teardown as Ctrl-C (work folders and leases go too, not only processes).
@@ -162,6 +164,35 @@ def _load_targets(
         return drivers, load_targets(files, drivers, displays=displays, driver_notes=[*notes, CONFTEST_NOTE])
     except TargetError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _prepare_folders(config: pytest.Config, targets: list[TargetDescription]) -> None:
+    """Sweep what dead runs left in the temp folders; a log or lock folder we cannot use is a usage error now,
+    not an OSError in the middle of a test."""
+    from .errors import FolderError
+    from .workfiles import check_run_folders, sweep
+
+    sweep()
+    logdir: str | None = config.option.jumpstarter_logdir
+    exclusive = any(spec.exclusive for t in targets for spec in t.devices.values())
+    try:
+        check_run_folders(
+            (config.invocation_params.dir / logdir).resolve() if logdir else None,
+            _lock_dir(config) or _default_lock_dir() if exclusive else None,
+        )
+    except FolderError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _lock_dir(config: pytest.Config) -> Path | None:
+    given = config.option.jumpstarter_lock_dir or os.environ.get("JUMPSTARTER_LOCK_DIR")
+    return Path(given).resolve() if given else None
+
+
+def _default_lock_dir() -> Path:
+    from .locking import DEFAULT_LOCK_DIR
+
+    return DEFAULT_LOCK_DIR
 
 
 TEARDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -341,14 +372,13 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             return factory.getbasetemp() / "jumpstarter-logs"
 
         worker = getattr(config, "workerinput", {}).get("workerid")
-        lock_dir = config.option.jumpstarter_lock_dir or os.environ.get("JUMPSTARTER_LOCK_DIR")
         run.manager = DeviceManager(
             run.targets,
             config.hook,
             run.redact,
             make_logdir,
             extra={"worker": worker} if worker else None,
-            lock_dir=Path(lock_dir).resolve() if lock_dir else None,
+            lock_dir=_lock_dir(config),
             lock_timeout=config.option.jumpstarter_lock_timeout,
             notify=lambda text: _tell(config, text),
         )

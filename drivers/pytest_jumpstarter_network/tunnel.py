@@ -23,7 +23,6 @@ import re
 import selectors
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import JumpstarterError, TunnelError
 from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.workfiles import socket_dir
 
 from .impairment import Impairment
 from .relay import Address, Forward, Relay
@@ -315,7 +315,7 @@ class NetTunnel(Driver[Any]):
         if len(os.fsencode(self.ctx.workdir)) <= 60:
             return self.ctx.workdir
         if self._short_dir is None:
-            self._short_dir = Path(tempfile.mkdtemp(prefix="jsnet-"))
+            self._short_dir = socket_dir("jsnet-")
         return self._short_dir
 
     def _listen_host(self) -> str:
