@@ -32,6 +32,7 @@ from pexpect.expect import Expecter, searcher_re
 from pexpect.spawnbase import SpawnBase
 
 from .errors import BoardPanic, ConsoleClosed, ConsoleTimeout, DriverError
+from .waiting import Deadline
 
 #: Patterns that mean a Linux board is gone for good; waiting longer cannot help.
 LINUX_FATAL_PATTERNS = (r"Kernel panic - not syncing[^\r\n]*",)
@@ -277,9 +278,9 @@ class Console(SpawnBase):  # type: ignore[misc]
 
     def drain(self, quiet: float = 0.05, limit: float = 2.0) -> str:
         """Read until the board has been quiet for ``quiet`` seconds (at most ``limit`` in all)."""
-        deadline = time.monotonic() + limit
+        deadline = Deadline(limit, "the console to go quiet")
         got = []
-        while time.monotonic() < deadline:
+        while not deadline.expired:
             try:
                 got.append(self.read_nonblocking(self.maxread, quiet))
             except pexpect.TIMEOUT:
@@ -444,57 +445,4 @@ class LinuxShell:
                 console.device, f"the end of command {command!r}", deadline - start, console.tail()
             ) from exc
         output = _ANSI.sub("", console.before).replace("\r\n", "\n").rstrip("\n")
-        return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)
-
-
-class UBootShell:
-    """Stops U-Boot's autoboot and runs commands at its prompt, finding their output by markers.
-
-    The prompt regex is ``\\r\\n=> ``: a bare ``=> `` also matches crc32's ``==> 9b815e98``.  U-Boot's
-    hush drops empty quotes (``@@B""x`` prints ``@@Bx``), so the markers in the output never equal
-    the echoed command line, and ``$?`` gives the command's status.
-    """
-
-    prompt = r"\r\n=> "
-    autoboot = r"Hit any key to stop autoboot|Press SPACE to abort autoboot|autoboot in \d+ seconds"
-
-    _ids = itertools.count(1)
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def interrupt(self, timeout: float | None = None) -> None:
-        """Wait for the autoboot countdown (or the prompt) and stop at the prompt."""
-        console = self.console
-        timeout = console.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        index = console.expect([self.autoboot, self.prompt], timeout=timeout)
-        if index == 0:
-            # Any key stops the countdown; a space does not start a command line.
-            console.send(" ")
-            console.expect(self.prompt, timeout=max(0.1, deadline - time.monotonic()))
-        self.sync(max(0.1, deadline - time.monotonic()))
-
-    def sync(self, timeout: float = 5.0) -> None:
-        """Make sure the prompt is idle and the buffer holds nothing stale (an empty command line)."""
-        token = f"S{next(self._ids)}"
-        self.console.sendline(f'echo @@{token}""@@')
-        self.console.expect(f"@@{token}@@{self.prompt}", timeout=timeout)
-
-    def run(self, command: str, timeout: float | None = None) -> RunResult:
-        console = self.console
-        token = f"{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
-        console.sendline(f'echo @@B""{token}@@; {command}; echo @@E""{token}:$?@@')
-        start = time.monotonic()
-        deadline = start + (console.timeout if timeout is None else timeout)
-        try:
-            console.expect(f"@@B{token}@@\r?\n", timeout=max(0.0, deadline - time.monotonic()))
-            console.expect(
-                f"@@E{token}:(-?\\d+)@@{self.prompt}", timeout=max(0.0, deadline - time.monotonic())
-            )
-        except ConsoleTimeout as exc:
-            raise ConsoleTimeout(
-                console.device, f"the end of U-Boot command {command!r}", deadline - start, console.tail()
-            ) from exc
-        output = console.before.replace("\r\n", "\n").rstrip("\n")
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

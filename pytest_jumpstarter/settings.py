@@ -58,7 +58,7 @@ class Setting:
     ``needs`` (``ref`` only) names the capabilities the referred device must provide; the loader
     checks them.  ``item_setting`` (``list``/``mapping`` of groups) declares each item.
     ``shorthand`` turns a value that is not a mapping into one, for a group with a short form
-    (``network: none``).
+    (``network: none``); on a list or mapping of groups it is each item's (``forwards: {ssh: 22}``).
     """
 
     kind: Kind
@@ -195,7 +195,9 @@ def _from_annotation(hint: Any, default: Any, meta: dict[str, Any]) -> Setting:
         args = typing.get_args(hint)
         item = _strip_optional(args[-1]) if args else str
         if dataclasses.is_dataclass(item) and isinstance(item, type):
-            extra = {"item_setting": Setting("group", fields=declare(item), group=item)}
+            # A short form given for a list or mapping of groups is each item's.
+            short = meta.pop("shorthand", None)
+            extra = {"item_setting": Setting("group", fields=declare(item), group=item, shorthand=short)}
         elif item in _SCALARS:
             extra = {"item": _SCALARS[item]}
         else:
@@ -304,10 +306,13 @@ def _coerce_items(setting: Setting, value: object, base_dir: Path) -> Any:
         if not isinstance(value, list):
             raise SettingValueError(f"expected a list, found {describe(value)}")
         pairs = [(str(index), part) for index, part in enumerate(value)]
-    elif isinstance(value, Mapping):
-        pairs = [(str(key), part) for key, part in value.items()]
     else:
-        raise SettingValueError(f"expected a mapping of name: settings, found {describe(value)}")
+        if isinstance(value, str):
+            # ini: "name=value, name=value"; each value is then read as the group's short form.
+            value = _coerce_kind("mapping", value, base_dir)
+        if not isinstance(value, Mapping):
+            raise SettingValueError(f"expected a mapping of name: settings, found {describe(value)}")
+        pairs = [(str(key), part) for key, part in value.items()]
     built: dict[str, Any] = {}
     errors: list[SettingValueError] = []
     for key, part in pairs:

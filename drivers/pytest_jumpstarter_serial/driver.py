@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from pytest_jumpstarter.console import Console, SerialTransport
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import DeviceStateError, DriverError
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.waiting import Deadline
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,7 +100,7 @@ class SerialConsole(Driver[SerialSettings]):
 
         settings = self.ctx.settings
         open_timeout = settings.open_timeout
-        deadline = time.monotonic() + open_timeout
+        deadline = Deadline(open_timeout, f"serial port {self.ctx.redact(self.url)!r} to open")
         waiter = threading.Event()
         last: Exception | None = None
         while True:
@@ -110,10 +110,10 @@ class SerialConsole(Driver[SerialSettings]):
                 )
             except (serial.SerialException, OSError, ValueError) as exc:
                 last = exc
-            if isinstance(last, ValueError) or time.monotonic() >= deadline:
+            if isinstance(last, ValueError) or deadline.expired:
                 break
             # Nothing signals that a tty node appears or a TCP server starts listening: poll for it.
-            waiter.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            waiter.wait(deadline.remaining(0.05))
         shown = self.ctx.redact(self.url)
         raise DriverError(
             self.device_name,
