@@ -92,14 +92,19 @@ class DeviceExited(DriverError):
 class ConsoleTimeout(DriverError, pexpect.TIMEOUT):  # type: ignore[misc]
     """A console wait passed its deadline.  Still a ``pexpect.TIMEOUT`` for pexpect-style callers."""
 
-    def __init__(self, device: str, waiting_for: str, timeout: float | None, console_tail: str) -> None:
+    def __init__(
+        self, device: str, waiting_for: str, timeout: float | None, console_tail: str, diagnosis: str = ""
+    ) -> None:
         self.waiting_for = waiting_for
         self.timeout = timeout
         self.console_tail = console_tail
+        #: What the device's owner found when the wait ended (QEMU's run state, say), or "".
+        self.diagnosis = diagnosis
+        found = f"found: {diagnosis}\n" if diagnosis else ""
         DriverError.__init__(
             self,
             device,
-            f"timed out after {timeout}s waiting for {waiting_for}\n"
+            f"timed out after {timeout}s waiting for {waiting_for}\n{found}"
             f"last console lines:\n{_indent(console_tail)}",
         )
 
