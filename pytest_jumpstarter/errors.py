@@ -76,7 +76,7 @@ class DeviceExited(DriverError):
         if returncode is None:
             how = "exited"
         elif returncode < 0:
-            how = f"exited, killed by signal {-returncode}"
+            how = f"exited, killed by signal {-returncode} ({_signal_name(-returncode)})"
         else:
             how = f"exited with code {returncode}"
         parts = [f"process {how}" + (f" {context}" if context else "")]
@@ -178,6 +178,15 @@ class LockTimeout(JumpstarterError):
 def timeout_message(what: str, seconds: float, detail: str = "") -> str:
     """``timed out after 30s waiting for QEMU to connect (detail)``: one wording for every deadline."""
     return f"timed out after {seconds:g}s waiting for {what}" + (f" ({detail})" if detail else "")
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _indent(text: str, prefix: str = "    ") -> str:

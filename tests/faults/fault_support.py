@@ -97,7 +97,19 @@ def start_inner(path: Path, *args: str) -> Inner:
     tmp.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp), "FAULT_DIR": str(path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "-p", "no:randomly", *args],
+        # pytest's own basetemp (kept by its retention policy) lives apart from the TMPDIR we check.
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            f"--basetemp={path / 'basetemp'}",
+            *args,
+        ],
         cwd=path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
