@@ -151,6 +151,7 @@ class Console(SpawnBase):  # type: ignore[misc]
         logfile_read: Any = None,
         fatal_patterns: Sequence[str] = (),
         on_eof: Callable[[], BaseException | None] | None = None,
+        on_timeout: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(
             timeout=timeout,
@@ -164,6 +165,8 @@ class Console(SpawnBase):  # type: ignore[misc]
         self.device = device
         self.logfile_read = logfile_read
         self.on_eof = on_eof
+        #: Called when a wait times out: what the owner sees that explains the silence (a paused VM).
+        self.on_timeout = on_timeout
         self._fatal = [re.compile(p) for p in fatal_patterns]
         self._tail = ""
         self._closed = False
@@ -298,7 +301,11 @@ class Console(SpawnBase):  # type: ignore[misc]
         if isinstance(patterns, str | bytes) or not isinstance(patterns, list | tuple):
             patterns = [patterns]
         shown = " or ".join(repr(p) for p in patterns if p not in (pexpect.TIMEOUT, pexpect.EOF))
-        return ConsoleTimeout(self.device, shown or "output", timeout, self.tail())
+        return ConsoleTimeout(self.device, shown or "output", timeout, self.tail(), self.diagnosis())
+
+    def diagnosis(self) -> str:
+        """What the owner found that explains a silent console ("" if nothing, or no owner to ask)."""
+        return (self.on_timeout() or "") if self.on_timeout is not None else ""
 
     def _eof_error(self) -> BaseException:
         if self.on_eof is not None:
@@ -442,7 +449,11 @@ class LinuxShell:
             console.expect(end, timeout=max(0.0, deadline - time.monotonic()))
         except ConsoleTimeout as exc:
             raise ConsoleTimeout(
-                console.device, f"the end of command {command!r}", deadline - start, console.tail()
+                console.device,
+                f"the end of command {command!r}",
+                deadline - start,
+                console.tail(),
+                exc.diagnosis,
             ) from exc
         output = _ANSI.sub("", console.before).replace("\r\n", "\n").rstrip("\n")
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

@@ -58,10 +58,14 @@ class UBootShell:
                 index = console.expect(
                     [self.autoboot, self.prompt], timeout=max(0.0, min(self.poke_interval, remaining))
                 )
-            except ConsoleTimeout:
+            except ConsoleTimeout as exc:
                 if time.monotonic() >= deadline:
                     raise ConsoleTimeout(
-                        console.device, f"U-Boot's prompt ({self.prompt!r})", timeout, console.tail()
+                        console.device,
+                        f"U-Boot's prompt ({self.prompt!r})",
+                        timeout,
+                        console.tail(),
+                        exc.diagnosis,
                     ) from None
                 index = 0
             if index == 1:
@@ -94,7 +98,11 @@ class UBootShell:
                     raise BoardReset(console.device, command, console.match.group(0).strip(), console.tail())
         except ConsoleTimeout as exc:
             raise ConsoleTimeout(
-                console.device, f"the end of U-Boot command {command!r}", deadline - start, console.tail()
+                console.device,
+                f"the end of U-Boot command {command!r}",
+                deadline - start,
+                console.tail(),
+                exc.diagnosis,
             ) from exc
         output = console.before.replace("\r\n", "\n").rstrip("\n")
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

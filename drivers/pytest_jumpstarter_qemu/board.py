@@ -32,6 +32,7 @@ from . import config as _config
 from .accel import ACCEL_CHOICES
 from .cmdline import DiskFile, RunFiles, command_line
 from .config import QemuConfig
+from .diagnosis import diagnose
 from .disks import Disks
 from .network import UserNet
 from .qmp import Events, Qmp
@@ -235,6 +236,11 @@ class QemuBoard(Driver[Any]):
         self.process.wait_exit(2.0)
         return self._exited("while the console was in use")
 
+    def _on_console_timeout(self) -> str | None:
+        """A console wait timed out: is the guest running at all (paused on a full disk, stopped)?"""
+        process = self.process
+        return diagnose(process.pid, process.qmp, self.events) if process is not None else None
+
     def _exited(self, context: str) -> DeviceExited:
         assert self.process is not None
         return self.process.exited(context, self._console.tail() if self._console is not None else "")
@@ -395,6 +401,7 @@ class QemuBoard(Driver[Any]):
                 logfile_read=self.ctx.transcript,
                 fatal_patterns=LINUX_FATAL_PATTERNS if self.shell_kind == "linux" else (),
                 on_eof=self._on_console_eof,
+                on_timeout=self._on_console_timeout,
             )
             self._console.shell = (
                 UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
