@@ -18,24 +18,25 @@ from pytest_jumpstarter_network.tunnel import _COMMON_SETTINGS, NetTunnel, Targe
 from pytest_jumpstarter.errors import TunnelError
 from pytest_jumpstarter.settings import Setting
 
-from .driver import JumpstarterBoard
+from .driver import PortForwards
 
 
 class JumpstarterNetwork(NetTunnel):
     name: ClassVar[str] = "jumpstarter-network"
     settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting("ref", doc="the jumpstarter device whose network: drivers carry the ports"),
+        "board": Setting(
+            "ref",
+            needs=(PortForwards,),
+            doc="the jumpstarter device whose network: drivers carry the ports",
+        ),
         **_COMMON_SETTINGS,
     }
 
-    def _board(self) -> JumpstarterBoard:
-        board = self.ctx.refs["board"]
-        if not isinstance(board, JumpstarterBoard):
-            raise TunnelError(self.device_name, f"board {board.device_name!r} is not a jumpstarter device")
-        return board
+    def _board(self) -> PortForwards:
+        return self.ctx.ref("board", PortForwards)
 
     def _network_name(self, target: Target) -> str:
-        network = self._board().config.network
+        network = self._board().networks
         if str(target) in network:
             return str(target)
         for name, port in self._forwards.items():
