@@ -349,8 +349,11 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         )
 
     def _console_gone(self, transport: Any) -> BaseException:
-        if transport.failure is None and self._source is not None and self.lost is None:
-            self._source.check_now()
+        if transport.failure is None and self.lost is None:
+            if self._source is not None:
+                self._source.check_now()
+            elif self.config.exporter:
+                self._check_exporter(self.config.exporter, str(transport.ended))
         if transport.failure is not None:
             failure: BaseException = transport.failure
             return failure
@@ -361,6 +364,22 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
             self.device_name,
             f"console {self.config.console!r}: {transport.ended}\nlast console lines:\n{tail}",
         )
+
+    def _check_exporter(self, address: str, ended: str) -> None:
+        """A standalone exporter's stream ended: if the exporter no longer answers, that is the news."""
+        from .session import ExporterUnreachable, probe_tcp
+
+        try:
+            probe_tcp(self.device_name, address, 2.0)
+        except ExporterUnreachable as exc:
+            self.end(
+                ExporterUnreachable(
+                    self.device_name,
+                    f"the exporter at {address} went away during the test "
+                    f"({str(exc).removeprefix(f'device {self.device_name!r}: ')}); "
+                    f"the console stream: {ended}",
+                )
+            )
 
     def _close_console(self) -> None:
         console, self._console = self._console, None
