@@ -58,7 +58,8 @@ class Setting:
     ``needs`` (``ref`` only) names the capabilities the referred device must provide; the loader
     checks them.  ``item_setting`` (``list``/``mapping`` of groups) declares each item.
     ``shorthand`` turns a value that is not a mapping into one, for a group with a short form
-    (``network: none``).
+    (``network: none``), or for a mapping of groups (``disks: [a.img]``); ``item_shorthand`` does
+    it for each item of a list or mapping of groups (``disks: {scratch: 4M}``).
     """
 
     kind: Kind
@@ -72,6 +73,7 @@ class Setting:
     group: type | None = None
     item_setting: Setting | None = None
     shorthand: Callable[[object], object] | None = None
+    item_shorthand: Callable[[object], object] | None = None
 
     @property
     def required(self) -> bool:
@@ -129,6 +131,7 @@ def setting(
     needs: tuple[type, ...] = (),
     must_exist: bool = False,
     shorthand: Callable[[object], object] | None = None,
+    item_shorthand: Callable[[object], object] | None = None,
 ) -> Any:
     """A dataclass field that is a driver setting (see the module docstring).  No default: required."""
     meta = {
@@ -139,6 +142,7 @@ def setting(
             "needs": needs,
             "must_exist": must_exist,
             "shorthand": shorthand,
+            "item_shorthand": item_shorthand,
         }
     }
     if default is _MISSING:
@@ -174,6 +178,7 @@ def declare(cls: type) -> dict[str, Setting]:
 def _from_annotation(hint: Any, default: Any, meta: dict[str, Any]) -> Setting:
     hint = _strip_optional(hint)
     kind: Kind | None = meta.pop("kind", None)
+    item_shorthand = meta.pop("item_shorthand", None)
     extra: dict[str, Any] = {}
     origin = typing.get_origin(hint)
     if kind is None:
@@ -195,7 +200,9 @@ def _from_annotation(hint: Any, default: Any, meta: dict[str, Any]) -> Setting:
         args = typing.get_args(hint)
         item = _strip_optional(args[-1]) if args else str
         if dataclasses.is_dataclass(item) and isinstance(item, type):
-            extra = {"item_setting": Setting("group", fields=declare(item), group=item)}
+            extra = {
+                "item_setting": Setting("group", fields=declare(item), group=item, shorthand=item_shorthand)
+            }
         elif item in _SCALARS:
             extra = {"item": _SCALARS[item]}
         else:
@@ -300,6 +307,8 @@ def _coerce_group(setting: Setting, value: object, base_dir: Path) -> Any:
 def _coerce_items(setting: Setting, value: object, base_dir: Path) -> Any:
     item = setting.item_setting
     assert item is not None
+    if setting.shorthand is not None and not isinstance(value, Mapping):
+        value = setting.shorthand(value)
     if setting.kind == "list":
         if not isinstance(value, list):
             raise SettingValueError(f"expected a list, found {describe(value)}")

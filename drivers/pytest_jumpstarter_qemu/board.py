@@ -14,23 +14,21 @@ The board composes its parts, one concern each:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console, LinuxShell, SocketTransport, UBootShell
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import DeviceExited, DeviceStateError, DriverError
-from pytest_jumpstarter.settings import Setting
 
 from . import config as _config
 from .accel import ACCEL_CHOICES
 from .cmdline import DiskFile, RunFiles, command_line
-from .config import QemuConfig
+from .config import QemuSettings
 from .disks import Disks
 from .network import UserNet
 from .qmp import Events, Qmp
@@ -43,7 +41,7 @@ __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
 LINUX_PROMPT = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"
 
 
-class QemuBoard(Driver[Any]):
+class QemuBoard(Driver[QemuSettings]):
     """A board under ``qemu-system-<arch>``: power, serial console, QMP, disks and user-mode network."""
 
     name = "qemu"
@@ -51,24 +49,21 @@ class QemuBoard(Driver[Any]):
     restore_modes = ("reboot", "snapshot")
     #: Power-ons of this device so far (forwards and console belong to one power-on).
     boots: int
-    settings: ClassVar[Mapping[str, Setting]] = _config.SETTINGS
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    def check(cls, settings: QemuSettings) -> Iterable[tuple[str, str]]:
         return _config.check(settings)
 
-    def __init__(self, ctx: DeviceContext[Any]) -> None:
+    def __init__(self, ctx: DeviceContext[QemuSettings]) -> None:
         super().__init__(ctx)
-        base_dir = Path(ctx.source).parent if ctx.source and not ctx.source.startswith("<") else Path.cwd()
-        self.config = QemuConfig.from_settings(ctx.settings, base_dir)
+        self.config: QemuSettings = ctx.settings
         self.arch = self.config.arch
         self.shell_kind: Literal["linux", "uboot"] = self.config.shell
         self.ready_pattern: str = self.config.ready or (
             UBootShell.prompt if self.shell_kind == "uboot" else LINUX_PROMPT
         )
-        disks = {name: dataclasses.replace(disk) for name, disk in self.config.disks.items()}
-        self._disks = Disks(self.device_name, disks, ctx.workdir, ctx.source)
-        self._net = UserNet(self.device_name, self.config.network, self.hmp)
+        self._disks = Disks(self.device_name, self.config.disk_list(), ctx.workdir, ctx.source)
+        self._net = UserNet(self.device_name, self.config.user_network, self.hmp)
         self._snapshots = Snapshots(ctx.reset == "snapshot")
         #: The QEMU of the current (or last) power-on; None before the first.
         self.process: QemuProcess | None = None
@@ -87,7 +82,7 @@ class QemuBoard(Driver[Any]):
         self.ctx.workdir.mkdir(parents=True, exist_ok=True)
         self._disks.prepare()
         self._snapshots.prepare(self.device_name, self.ctx.workdir)
-        if self.config.network is not None and self.config.network.tftp:
+        if self.config.user_network is not None and self.config.network.tftp:
             self._tftp_root = self.ctx.workdir / "tftp"
             self._tftp_root.mkdir(exist_ok=True)
         self.started = True
@@ -331,7 +326,8 @@ class QemuBoard(Driver[Any]):
     @property
     def guest_address(self) -> str | None:
         """An address the host can reach the guest at; None with user-mode networking (use forwards)."""
-        return self.config.network.address if self.config.network is not None else None
+        network = self.config.user_network
+        return network.address if network is not None else None
 
     @property
     def forwards(self) -> dict[str, int]:

@@ -42,7 +42,7 @@ def typed(cls: Any, settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def make_board(settings: dict[str, Any], workdir: Path, name: str) -> Any:
     workdir.mkdir(parents=True, exist_ok=True)
-    values = {k: coerce(qemu.QemuBoard.settings[k], v, workdir) for k, v in settings.items()}
+    values = qemu.QemuBoard.settings_from(settings, workdir)
     return qemu.QemuBoard(
         DeviceContext(
             name=name, target="flash-test", settings=values, workdir=workdir, transcript=Transcript()
