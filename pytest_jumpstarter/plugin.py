@@ -101,6 +101,55 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         INI_TARGETS, "target description files (relative to the ini file)", type="linelist", default=[]
     )
+    _add_cache_options(parser, group)
+
+
+#: --jumpstarter-cache (and its ini key): how boards that can keep their booted state use it.
+CACHE_MODES = ("off", "read", "write", "on")
+
+
+def _add_cache_options(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
+    """Booted state kept across runs (a driver that can, the QEMU board, reads them from ctx.extra)."""
+    helps = {
+        "jumpstarter_cache": "booted states kept across runs: on (default), read (use, never write), "
+        "write (boot cold, then save), off",
+        "jumpstarter_cache_dir": "where booted states are kept "
+        "(default: ${XDG_CACHE_HOME:-~/.cache}/pytest-jumpstarter/boards)",
+        "jumpstarter_cache_clear": "delete every kept booted state before the run",
+    }
+    group.addoption(
+        "--jumpstarter-cache", dest="jumpstarter_cache", choices=CACHE_MODES, default=None,
+        help=helps["jumpstarter_cache"],
+    )  # fmt: skip
+    group.addoption(
+        "--jumpstarter-cache-dir", dest="jumpstarter_cache_dir", metavar="DIR", default=None,
+        help=helps["jumpstarter_cache_dir"],
+    )  # fmt: skip
+    group.addoption(
+        "--jumpstarter-cache-clear", dest="jumpstarter_cache_clear", action="store_true", default=None,
+        help=helps["jumpstarter_cache_clear"],
+    )  # fmt: skip
+    parser.addini("jumpstarter_cache", helps["jumpstarter_cache"], default="on")
+    parser.addini("jumpstarter_cache_dir", helps["jumpstarter_cache_dir"], default="")
+    parser.addini("jumpstarter_cache_clear", helps["jumpstarter_cache_clear"], type="bool", default=False)
+
+
+def cache_options(config: pytest.Config) -> dict[str, Any]:
+    """``cache_mode``, ``cache_dir`` (absolute or None) and ``cache_clear`` of this run: option, else ini."""
+    mode = config.option.jumpstarter_cache or str(config.getini("jumpstarter_cache")).strip() or "on"
+    if mode not in CACHE_MODES:
+        raise pytest.UsageError(f"jumpstarter_cache must be one of {', '.join(CACHE_MODES)}, given: {mode}")
+    folder = config.option.jumpstarter_cache_dir
+    base = config.invocation_params.dir
+    if not folder and config.getini("jumpstarter_cache_dir"):
+        folder = config.getini("jumpstarter_cache_dir")
+        base = config.inipath.parent if config.inipath else base
+    clear = config.option.jumpstarter_cache_clear
+    return {
+        "cache_mode": mode,
+        "cache_dir": (base / Path(folder).expanduser()).resolve() if folder else None,
+        "cache_clear": bool(config.getini("jumpstarter_cache_clear") if clear is None else clear),
+    }
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -255,7 +304,13 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     run = session.config.stash.get(RUN, None)
     from .listing import render
 
-    text = render(run.targets if run else [], run.sources if run else [], session.items)
+    def more(target: Any, device: Any) -> list[str]:
+        found = session.config.hook.pytest_jumpstarter_list_device(
+            config=session.config, target=target, device=device
+        )
+        return [line for lines in found for line in lines]
+
+    text = render(run.targets if run else [], run.sources if run else [], session.items, more)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     out = run.redact(text) if run else text
     if reporter is not None:
@@ -339,7 +394,7 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             config.hook,
             run.redact,
             make_logdir,
-            extra={"worker": worker} if worker else None,
+            extra={**({"worker": worker} if worker else {}), **cache_options(config)},
             lock_dir=Path(lock_dir).resolve() if lock_dir else None,
             lock_timeout=config.option.jumpstarter_lock_timeout,
             notify=lambda text: _tell(config, text),

@@ -34,6 +34,7 @@ from .network import UserNet
 from .qmp import Events, Qmp
 from .snapshot import SNAPSHOT_TAG, Snapshots
 from .supervisor import QemuProcess
+from .warm import WarmStart, receive_state
 
 __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
 
@@ -65,6 +66,7 @@ class QemuBoard(Driver[QemuSettings]):
         self._disks = Disks(self.device_name, self.config.disk_list(), ctx.workdir, ctx.source)
         self._net = UserNet(self.device_name, self.config.user_network, self.hmp)
         self._snapshots = Snapshots(ctx.reset == "snapshot")
+        self.warm = WarmStart(self)
         #: The QEMU of the current (or last) power-on; None before the first.
         self.process: QemuProcess | None = None
         self._console: Console | None = None
@@ -153,11 +155,15 @@ class QemuBoard(Driver[QemuSettings]):
         accel: str = self.config.accel
         if accel == "auto":
             accel = ACCEL_CHOICES.choose(self.command_line("kvm"), self._boots_with_kvm)
-        self._launch(accel)
+        restored = self.warm.restore(accel)  # the booted state from the cache: no boot to wait for
+        if not restored:
+            self._launch(accel)
         try:
-            start = time.monotonic()
-            self._wait_ready("while booting")
-            self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
+            if not restored:
+                start = time.monotonic()
+                self._wait_ready("while booting")
+                self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
+                self.warm.save(accel)
             if self._snapshots.wanted:
                 self._snapshots.save(self, self.config.console_timeout, self.config.boot_timeout)
         except BaseException:
@@ -175,7 +181,7 @@ class QemuBoard(Driver[QemuSettings]):
                 self._console = None
 
     def cycle(self) -> None:
-        """Power off, then on (a fresh QEMU process: a real cold boot)."""
+        """Power off, then on (a fresh QEMU process: booted, or started from the cached booted state)."""
         self.off()
         self.on()
 
@@ -373,13 +379,16 @@ class QemuBoard(Driver[QemuSettings]):
                     f"{key} file {path} does not exist (setting {key} in {self.ctx.source}){hint}",
                 )
 
-    def _launch(self, accel: str) -> None:
-        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left."""
+    def _launch(self, accel: str, incoming: Path | None = None) -> None:
+        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left.
+
+        ``incoming``: a booted state (:mod:`.warm`) to load before it runs."""
         try:
             self._check_files()
             self.events = Events()
+            command = self.command_line(accel) + (["-incoming", "defer"] if incoming else [])
             self.process = process = QemuProcess.launch(
-                self.device_name, self.command_line(accel), self.ctx.workdir, self.ctx.progress
+                self.device_name, command, self.ctx.workdir, self.ctx.progress
             )
             assert process.qmp is not None and process.console_sock is not None
             self.events = process.qmp.events
@@ -394,6 +403,8 @@ class QemuBoard(Driver[QemuSettings]):
             self._console.shell = (
                 UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
             )
+            if incoming is not None:
+                receive_state(process.qmp, incoming, self.config.boot_timeout, self.device_name)
             self._net.read_forwards()
             process.qmp.execute("cont", timeout=5.0)
             self.accel = accel

@@ -97,6 +97,9 @@ class QemuSettings:
     )
     autostart: bool = setting(True, doc="power on when the device starts (false: start powered off)")
     extra_args: Sequence[str] = setting([], doc="more qemu-system arguments, appended as given")
+    cache: bool = setting(
+        True, doc="keep the booted state across runs (--jumpstarter-cache); false: always boot cold"
+    )
 
     @property
     def defaults(self) -> ArchDefaults:
