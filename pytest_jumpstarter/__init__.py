@@ -26,10 +26,11 @@ if TYPE_CHECKING:
         TftpHost,
         UserNetwork,
     )
-    from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
-    from .driver import DeviceContext, Driver, Transcript
+    from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport
+    from .driver import DeviceContext, Driver, Referred, Transcript
     from .errors import (
         BoardPanic,
+        BoardReset,
         ConsoleClosed,
         ConsoleTimeout,
         DeviceExited,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from .plugin import device_fixture
     from .settings import Setting, SettingValueError, setting
     from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
+    from .uboot import UBootShell
 
 _WHERE = {
     "Addressable": "capabilities",
@@ -60,6 +62,7 @@ _WHERE = {
     "SettingValueError": "settings",
     "setting": "settings",
     "BoardPanic": "errors",
+    "BoardReset": "errors",
     "Console": "console",
     "ConsoleClosed": "errors",
     "ConsoleTimeout": "errors",
@@ -79,6 +82,7 @@ _WHERE = {
     "Power": "capabilities",
     "Problem": "errors",
     "Redactor": "target",
+    "Referred": "driver",
     "RunResult": "console",
     "SerialTransport": "console",
     "Setting": "settings",
@@ -88,7 +92,7 @@ _WHERE = {
     "TargetError": "errors",
     "Transcript": "driver",
     "TunnelError": "errors",
-    "UBootShell": "console",
+    "UBootShell": "uboot",
     "device_fixture": "plugin",
     "load_target": "target",
     "load_targets": "target",
@@ -98,6 +102,7 @@ _WHERE = {
 __all__ = [
     "Addressable",
     "BoardPanic",
+    "BoardReset",
     "Console",
     "ConsoleClosed",
     "ConsoleTimeout",
@@ -122,6 +127,7 @@ __all__ = [
     "QmpHost",
     "Reconnect",
     "Redactor",
+    "Referred",
     "Reset",
     "RunResult",
     "SerialTransport",

@@ -129,7 +129,8 @@ class DeviceContext(Generic[S]):
     reset: str = "none"
 
     def ref(self, key: str, capability: type[C]) -> C:
-        """The device that setting ``key`` names, as ``capability`` (a Protocol of :mod:`.capabilities`).
+        """The device that setting ``key`` names, as ``capability`` (a Protocol of :mod:`.capabilities`,
+        or one that combines several).
 
         The loader already checked that the device provides what the setting declares it needs;
         this check is for capabilities asked for beyond that.
@@ -139,16 +140,55 @@ class DeviceContext(Generic[S]):
             raise DeviceStateError(
                 self.name, f"setting {key!r} names no device (set {key}: to a device name)"
             )
-        if not isinstance(device, capability):
+        if not device_provides(device, capability):
             raise DeviceStateError(
                 self.name,
                 f"{key}: device {device.device_name!r} (driver {device.name}) does not provide "
-                f"{describe_needs([capability])}",
+                f"{describe_needs(_parts(capability))}",
             )
-        return device
+        return typing.cast(C, device)
+
+    def provided(self, key: str, capability: type[C]) -> C | None:
+        """The device that setting ``key`` names as ``capability`` if it provides it, else ``None``
+        (no device, or one without it): for what a driver uses when it is there."""
+        device = self.refs.get(key)
+        if device is None or not device_provides(device, capability):
+            return None
+        return typing.cast(C, device)
 
     def has_ref(self, key: str) -> bool:
         return self.refs.get(key) is not None
+
+
+def _parts(capability: type) -> list[type]:
+    """The capabilities a Protocol combines (itself, if it is one of :data:`.CAPABILITIES`)."""
+    if capability in CAPABILITIES:
+        return [capability]
+    return [c for c in capability.__mro__[1:] if c in CAPABILITIES] or [capability]
+
+
+def device_provides(device: Driver[Any], capability: type) -> bool:
+    """Whether ``device`` provides ``capability``, as its driver's :meth:`Driver.provides` says.
+
+    Not ``isinstance``: with a Protocol that evaluates every property, and a powered-off board's
+    ``console`` raises; and a device whose parts depend on its settings narrows what it provides.
+    """
+    provided = type(device).provides(device.ctx.settings)
+    return all(part in provided for part in _parts(capability) if part in CAPABILITIES) and (
+        capability in CAPABILITIES or implements(type(device), capability)
+    )
+
+
+@dataclass(frozen=True)
+class Referred:
+    """A device a ``ref`` setting names, as :meth:`Driver.check_refs` sees it at load time."""
+
+    name: str
+    driver: str
+    provides: tuple[type, ...]
+
+    def describe(self) -> str:
+        return f"device {self.name!r} (driver {self.driver})"
 
 
 class Driver(Generic[S]):
@@ -209,7 +249,18 @@ class Driver(Generic[S]):
     def check(cls, settings: S) -> Iterable[tuple[str, str]]:
         """Cross-setting validation after each value passed its own check.
 
-        Yield ``(key, message)`` for each problem; the loader adds the file and line.
+        Yield ``(key, message)`` for each problem (``"forwards.ssh"`` for a nested key); the
+        loader adds the file and line.
+        """
+        return ()
+
+    @classmethod
+    def check_refs(cls, settings: S, refs: Mapping[str, Referred]) -> Iterable[tuple[str, str]]:
+        """Validation that depends on the devices the ``ref`` settings name (``refs``, by setting,
+        for those that loaded): for a capability used when the device has it and otherwise taken
+        from the driver's own settings.  What a ref always needs is ``setting(needs=...)``.
+
+        Yield ``(key, message)`` as :meth:`check` does.
         """
         return ()
 

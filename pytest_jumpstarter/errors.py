@@ -117,6 +117,20 @@ class BoardPanic(DriverError):
         super().__init__(device, f"console showed {pattern!r}\nlast console lines:\n{_indent(console_tail)}")
 
 
+class BoardReset(DriverError):
+    """The board restarted while a command ran on its console (its banner showed up again)."""
+
+    def __init__(self, device: str, command: str, shown: str, console_tail: str) -> None:
+        self.command = command
+        self.shown = shown
+        self.console_tail = console_tail
+        super().__init__(
+            device,
+            f"the board reset while running {command!r} (console showed {shown!r})\n"
+            f"last console lines:\n{_indent(console_tail)}",
+        )
+
+
 class FlashError(DriverError):
     """A flash or its verification failed; the message names the method and the chunk or offset."""
 

@@ -58,8 +58,9 @@ class Setting:
     ``needs`` (``ref`` only) names the capabilities the referred device must provide; the loader
     checks them.  ``item_setting`` (``list``/``mapping`` of groups) declares each item.
     ``shorthand`` turns a value that is not a mapping into one, for a group with a short form
-    (``network: none``), or for a mapping of groups (``disks: [a.img]``); ``item_shorthand`` does
-    it for each item of a list or mapping of groups (``disks: {scratch: 4M}``).
+    (``network: none``); on a list or mapping of groups it is each item's (``forwards: {ssh: 22}``).
+    ``collection_shorthand`` (a mapping of groups) rewrites a whole value that is not a mapping
+    into one first (``disks: [a.img, b.img]``).
     """
 
     kind: Kind
@@ -73,7 +74,7 @@ class Setting:
     group: type | None = None
     item_setting: Setting | None = None
     shorthand: Callable[[object], object] | None = None
-    item_shorthand: Callable[[object], object] | None = None
+    collection_shorthand: Callable[[object], object] | None = None
 
     @property
     def required(self) -> bool:
@@ -131,7 +132,7 @@ def setting(
     needs: tuple[type, ...] = (),
     must_exist: bool = False,
     shorthand: Callable[[object], object] | None = None,
-    item_shorthand: Callable[[object], object] | None = None,
+    collection_shorthand: Callable[[object], object] | None = None,
 ) -> Any:
     """A dataclass field that is a driver setting (see the module docstring).  No default: required."""
     meta = {
@@ -142,7 +143,7 @@ def setting(
             "needs": needs,
             "must_exist": must_exist,
             "shorthand": shorthand,
-            "item_shorthand": item_shorthand,
+            "collection_shorthand": collection_shorthand,
         }
     }
     if default is _MISSING:
@@ -178,7 +179,6 @@ def declare(cls: type) -> dict[str, Setting]:
 def _from_annotation(hint: Any, default: Any, meta: dict[str, Any]) -> Setting:
     hint = _strip_optional(hint)
     kind: Kind | None = meta.pop("kind", None)
-    item_shorthand = meta.pop("item_shorthand", None)
     extra: dict[str, Any] = {}
     origin = typing.get_origin(hint)
     if kind is None:
@@ -200,9 +200,9 @@ def _from_annotation(hint: Any, default: Any, meta: dict[str, Any]) -> Setting:
         args = typing.get_args(hint)
         item = _strip_optional(args[-1]) if args else str
         if dataclasses.is_dataclass(item) and isinstance(item, type):
-            extra = {
-                "item_setting": Setting("group", fields=declare(item), group=item, shorthand=item_shorthand)
-            }
+            # A short form given for a list or mapping of groups is each item's.
+            short = meta.pop("shorthand", None)
+            extra = {"item_setting": Setting("group", fields=declare(item), group=item, shorthand=short)}
         elif item in _SCALARS:
             extra = {"item": _SCALARS[item]}
         else:
@@ -307,16 +307,19 @@ def _coerce_group(setting: Setting, value: object, base_dir: Path) -> Any:
 def _coerce_items(setting: Setting, value: object, base_dir: Path) -> Any:
     item = setting.item_setting
     assert item is not None
-    if setting.shorthand is not None and not isinstance(value, Mapping):
-        value = setting.shorthand(value)
+    if setting.collection_shorthand is not None and not isinstance(value, Mapping):
+        value = setting.collection_shorthand(value)
     if setting.kind == "list":
         if not isinstance(value, list):
             raise SettingValueError(f"expected a list, found {describe(value)}")
         pairs = [(str(index), part) for index, part in enumerate(value)]
-    elif isinstance(value, Mapping):
-        pairs = [(str(key), part) for key, part in value.items()]
     else:
-        raise SettingValueError(f"expected a mapping of name: settings, found {describe(value)}")
+        if isinstance(value, str):
+            # ini: "name=value, name=value"; each value is then read as the group's short form.
+            value = _coerce_kind("mapping", value, base_dir)
+        if not isinstance(value, Mapping):
+            raise SettingValueError(f"expected a mapping of name: settings, found {describe(value)}")
+        pairs = [(str(key), part) for key, part in value.items()]
     built: dict[str, Any] = {}
     errors: list[SettingValueError] = []
     for key, part in pairs:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .capabilities import describe_needs
-from .driver import Driver
+from .driver import Driver, Referred
 from .model import (
     _NAME,
     DEFAULT_LOCK_TIMEOUT,
@@ -223,7 +223,8 @@ def _validate_device(
         return {**generic, "driver": driver, "role": role, "settings": None, "refs": refs}
     typed = build(driver.settings, driver.settings_class, settings)
     for key, message in driver.check(typed):
-        problems.add((*where, key) if key else where, message)
+        # "forwards.ssh" names a nested key: located at its own line.
+        problems.add((*where, *key.split(".")) if key else where, message)
     return {**generic, "driver": driver, "role": role, "settings": typed, "refs": refs}
 
 
@@ -241,6 +242,7 @@ def _check_refs(partial: Mapping[str, dict[str, Any]], raw: Mapping[str, Any], p
                 )
             else:
                 _check_needs(device, key, ref, spec, partial, problems)
+        _check_with_refs(device, spec, partial, problems)
     # A cycle can only run through devices whose references all resolved.
     state: dict[str, int] = {}
     reported: set[frozenset[str]] = set()
@@ -277,6 +279,21 @@ def _provided(spec: Mapping[str, Any]) -> tuple[type, ...] | None:
         return None
     driver: type[Driver[Any]] = spec["driver"]
     return driver.provides(spec["settings"])
+
+
+def _check_with_refs(
+    device: str, spec: Mapping[str, Any], partial: Mapping[str, dict[str, Any]], problems: Problems
+) -> None:
+    """The driver's own checks that depend on the devices it refers to (:meth:`Driver.check_refs`)."""
+    if spec.get("settings") is None:
+        return
+    referred = {
+        key: Referred(ref, partial[ref]["driver"].name, provided)
+        for key, ref in spec["refs"].items()
+        if ref != device and ref in partial and (provided := _provided(partial[ref])) is not None
+    }
+    for key, message in spec["driver"].check_refs(spec["settings"], referred):
+        problems.add(("devices", device, *key.split(".")) if key else ("devices", device), message)
 
 
 def _check_needs(

@@ -28,10 +28,11 @@ from pytest_jumpstarter.capabilities import (
     Reconnect,
     TftpHost,
 )
-from pytest_jumpstarter.console import Console, LinuxShell, UBootShell
+from pytest_jumpstarter.console import Console, LinuxShell
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import ConsoleTimeout, DeviceStateError
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.uboot import UBootShell
 
 #: A shell prompt (BusyBox ash sends ``ESC[6n`` before it).
 LINUX_PROMPT = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"

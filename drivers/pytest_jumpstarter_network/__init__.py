@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from pytest_jumpstarter.driver import Driver
 
     from .impairment import Impairment, ImpairmentError
+    from .qemu_forward import QemuUserForward
     from .relay import Address, Forward, Relay
-    from .tunnel import NetTunnel, QemuUserForward, TcpRelay
+    from .tunnel import NetTunnel, TcpRelay
 
 _WHERE = {
     "Address": "relay",
@@ -28,7 +29,7 @@ _WHERE = {
     "Impairment": "impairment",
     "ImpairmentError": "impairment",
     "NetTunnel": "tunnel",
-    "QemuUserForward": "tunnel",
+    "QemuUserForward": "qemu_forward",
     "Relay": "relay",
     "TcpRelay": "tunnel",
 }
@@ -48,7 +49,8 @@ net_tunnel = device_fixture("net_tunnel", doc="The network tunnel device of the 
 
 @pytest.hookimpl
 def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
-    from .tunnel import QemuUserForward, TcpRelay
+    from .qemu_forward import QemuUserForward
+    from .tunnel import TcpRelay
 
     return [QemuUserForward, TcpRelay]
 

@@ -61,8 +61,8 @@ class QemuSettings:
         {},
         doc="virtio disks: a list of files, or name: file | size | {file, format, size}; "
         "files are never written (the VM runs on a per-run overlay), a size makes a blank raw disk",
-        shorthand=disks_shorthand,
-        item_shorthand=disk_shorthand,
+        collection_shorthand=disks_shorthand,
+        shorthand=disk_shorthand,
     )
     network: UserNetwork = setting(
         UserNetwork(),

@@ -44,8 +44,9 @@ class DiskSettings:
 
 
 def disks_shorthand(value: object) -> object:
-    """``disks: [a.img, b.qcow2]`` (ini: ``a.img, b.qcow2``) names them disk0, disk1..."""
-    if isinstance(value, str):
+    """``disks: [a.img, b.qcow2]`` (ini: ``a.img, b.qcow2``) names them disk0, disk1...
+    (ini ``root=r.img, scratch=4M`` is read as named disks)."""
+    if isinstance(value, str) and "=" not in value:
         value = [p.strip() for p in re.split(r"[\n,]", value) if p.strip()]
     if isinstance(value, list):
         return {f"disk{i}": v for i, v in enumerate(value)}

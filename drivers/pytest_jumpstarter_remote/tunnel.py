@@ -9,24 +9,25 @@ through the relay while ``impaired()`` is in effect.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pytest_jumpstarter_network.relay import Address
-from pytest_jumpstarter_network.tunnel import _COMMON_SETTINGS, NetTunnel, Target
+from pytest_jumpstarter_network.tunnel import NetTunnel, Target, TunnelSettings
 
 from pytest_jumpstarter.errors import TunnelError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import setting
 
 from .driver import JumpstarterBoard
 
 
-class JumpstarterNetwork(NetTunnel):
+@dataclass(frozen=True, kw_only=True)
+class JumpstarterNetworkSettings(TunnelSettings):
+    board: str = setting(kind="ref", doc="the jumpstarter device whose network: drivers carry the ports")
+
+
+class JumpstarterNetwork(NetTunnel[JumpstarterNetworkSettings]):
     name: ClassVar[str] = "jumpstarter-network"
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting("ref", doc="the jumpstarter device whose network: drivers carry the ports"),
-        **_COMMON_SETTINGS,
-    }
 
     def _board(self) -> JumpstarterBoard:
         board = self.ctx.refs["board"]

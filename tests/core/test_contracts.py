@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pytest
 from core_support import write
@@ -246,3 +247,137 @@ def test_ref_hands_over_a_device_typed_as_the_capability_or_says_what_it_lacks()
         ctx.ref("board", HasConsole)
     with pytest.raises(DeviceStateError, match="setting 'other' names no device"):
         ctx.ref("other", Power)
+
+
+class _OffBoard(_Switch):
+    """A board whose console, like a powered-off QEMU board's, raises when looked at."""
+
+    name = "offboard"
+
+    @property
+    def console(self) -> object:
+        raise DeviceStateError("b", "the console needs a powered-on board; it is off")
+
+
+@runtime_checkable
+class _PowerAndConsole(Power, HasConsole, Protocol):
+    pass
+
+
+def test_ref_judges_capabilities_by_the_driver_without_evaluating_properties() -> None:
+    board = _OffBoard(DeviceContext(name="b", target="t", settings=_Switch.settings_from({"name": "x"})))
+    ctx: DeviceContext[None] = DeviceContext(name="f", target="t", settings=None, refs={"board": board})
+    assert ctx.ref("board", _PowerAndConsole) is board  # an isinstance() check would raise here
+    assert ctx.provided("board", HasConsole) is board
+    switch = _Switch(DeviceContext(name="sw", target="t", settings=_Switch.settings_from({"name": "x"})))
+    ctx = DeviceContext(name="f", target="t", settings=None, refs={"board": switch})
+    assert ctx.provided("board", HasConsole) is None
+    assert ctx.provided("nothing", Power) is None
+    with pytest.raises(DeviceStateError, match=r"does not provide Power \(on, off, cycle\) and HasConsole"):
+        ctx.ref("board", _PowerAndConsole)
+
+
+CHECK_REFS_CONFTEST = """
+from dataclasses import dataclass
+
+import pytest
+from pytest_jumpstarter import Driver, Power, TftpHost, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoSettings:
+    pass
+
+
+class Relay(Driver[NoSettings]):
+    name = "relay"
+
+    def on(self): pass
+    def off(self): pass
+    def cycle(self): pass
+
+
+class TftpBoard(Relay):
+    name = "tftpboard"
+    tftp_root = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullSettings:
+    board: str = setting(kind="ref", needs=(Power,))
+    folder: str | None = None
+
+
+class Puller(Driver[PullSettings]):
+    name = "puller"
+
+    @classmethod
+    def check_refs(cls, settings, refs):
+        board = refs.get("board")
+        if settings.folder is None and board is not None and TftpHost not in board.provides:
+            yield "board", f"needs a folder: set folder, or use a board that provides TftpHost ({board.describe()} does not)"
+
+
+@pytest.hookimpl
+def pytest_jumpstarter_add_drivers():
+    return [Relay, TftpBoard, Puller]
+"""
+
+
+def test_check_refs_sees_what_the_referenced_devices_provide(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CHECK_REFS_CONFTEST)
+    write(
+        pytester,
+        "t.yaml",
+        "name: t\n"
+        "devices:\n"
+        "  relay: {driver: relay}\n"
+        "  tb: {driver: tftpboard}\n"
+        "  ok1: {driver: puller, board: tb}\n"
+        "  ok2: {driver: puller, board: relay, folder: /srv}\n"
+        "  bad:\n"
+        "    driver: puller\n"
+        "    board: relay\n",
+    )
+    pytester.makepyfile(test_it="def test_nothing(): pass\n")
+    result = pytester.runpytest("--target=t.yaml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*t.yaml:9: devices.bad.board: needs a folder: set folder, or use a board that provides "
+            "TftpHost (device 'relay' (driver relay) does not)"
+        ]
+    )
+    assert "ok1" not in result.stderr.str() and "ok2" not in result.stderr.str()
+
+
+def _port_shorthand(value: object) -> object:
+    return {"port": value}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Port:
+    port: int = setting(doc="a port")
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _PortsSettings:
+    ports: dict[str, _Port] = setting({}, shorthand=_port_shorthand)
+
+
+class _Ports(Driver[_PortsSettings]):
+    name = "ports"
+
+
+def test_a_mapping_of_groups_reads_ini_pairs_through_the_short_form() -> None:
+    assert _Ports.settings_from({"ports": "ssh=22, dns=53"}).ports == {
+        "ssh": _Port(port=22),
+        "dns": _Port(port=53),
+    }
+    assert _Ports.settings_from({"ports": {"ssh": 22, "dns": {"port": 53, "proto": "udp"}}}).ports == {
+        "ssh": _Port(port=22),
+        "dns": _Port(port=53, proto="udp"),
+    }
+    with pytest.raises(SettingValueError, match="ports: dns: port: expected an integer"):
+        _Ports.settings_from({"ports": "ssh=22, dns=many"})

@@ -20,20 +20,17 @@ from pytest_jumpstarter_flashers.block import BlockFlasher
 from pytest_jumpstarter_flashers.progress import Progress
 
 from pytest_jumpstarter.errors import FlashError
+from pytest_jumpstarter.settings import SettingValueError
 
 from .conftest import MIB, HttpServer, context, make_image
 
 
 def block_flasher(tmp_path: Path, target: Path, **settings: object) -> BlockFlasher:
     flasher = BlockFlasher(
-        context("sdmux", {**_defaults(), "path": target, "create": True, **settings}, tmp_path)
+        context("sdmux", BlockFlasher, {"path": target, "create": True, **settings}, tmp_path)
     )
     flasher.start()
     return flasher
-
-
-def _defaults() -> dict[str, object]:
-    return {name: s.default for name, s in BlockFlasher.settings.items() if not s.required}
 
 
 def test_holes_and_zero_blocks_are_not_written_but_read_back_as_zeros(tmp_path: Path, marker: bytes) -> None:
@@ -204,9 +201,30 @@ def test_unknown_target_lists_what_exists(tmp_path: Path) -> None:
         flasher.flash(tmp_path / "x.img", target="rootfs")
 
 
-def test_bad_partition_spec_is_reported_by_check() -> None:
-    problems = list(BlockFlasher.check({"partitions": {"boot": "disk:lots"}}))
-    assert problems and problems[0][0] == "partitions.boot"
+def test_partitions_are_read_in_their_short_and_long_forms(tmp_path: Path) -> None:
+    settings = BlockFlasher.settings_from(
+        {"path": "sd.img", "partitions": {"a": "disk:1M+64M", "b": 4096, "c": {"offset": "2M"}}}, tmp_path
+    )
+    assert settings.partitions == {
+        "a": base.Partition(storage="disk", offset=MIB, size=64 * MIB),
+        "b": base.Partition(offset=4096),
+        "c": base.Partition(offset=2 * MIB),
+    }
+    assert settings.path == tmp_path / "sd.img"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("disk:lots", "partitions: boot: offset: expected a size such as 256M or 1G, found string 'lots'"),
+        ("1M+", "partitions: boot: expected '[STORAGE:]OFFSET[+SIZE]' such as 'disk:1M+64M'"),
+        ({"ofset": "1M"}, "partitions: boot: ofset: unknown key 'ofset'; did you mean 'offset'?"),
+    ],
+)
+def test_a_bad_partition_names_itself(spec: object, message: str) -> None:
+    with pytest.raises(SettingValueError) as info:
+        BlockFlasher.settings_from({"path": "/dev/null", "partitions": {"boot": spec}})
+    assert str(info.value).startswith(message)
 
 
 def test_progress_is_rate_limited() -> None:

@@ -129,19 +129,17 @@ def make_relay(tmp_path: Path) -> Iterator[TunnelFactory]:
     """Build and start ``tcp-relay`` tunnels (stopped after the test): ``make_relay(address=..., ...)``."""
     made: list[TcpRelay] = []
 
-    def make(board: Driver | None = None, **settings: Any) -> TcpRelay:
-        full: dict[str, Any] = {
-            "board": None,
-            "address": None,
-            "forwards": {},
-            "listen": "127.0.0.1",
-            "connect_timeout": 5.0,
-        }
-        full.update(settings)
+    def make(board: Driver[Any] | None = None, **settings: Any) -> TcpRelay:
         refs = {"board": board} if board is not None else {}
         if board is not None:
-            full["board"] = board.device_name
-        ctx = DeviceContext(name="tunnel", target="nettest", settings=full, refs=refs, workdir=tmp_path)
+            settings["board"] = board.device_name
+        ctx = DeviceContext(
+            name="tunnel",
+            target="nettest",
+            settings=TcpRelay.settings_from(settings, tmp_path),
+            refs=refs,
+            workdir=tmp_path,
+        )
         tunnel = TcpRelay(ctx)
         tunnel.start()
         made.append(tunnel)
