@@ -12,6 +12,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .driver import Driver
+    from .model import DeviceSpec, TargetDescription
 
 
 @pytest.hookspec
@@ -31,3 +32,11 @@ def pytest_jumpstarter_device_ready(device: Driver[Any], item: pytest.Item | Non
 @pytest.hookspec
 def pytest_jumpstarter_device_teardown(device: Driver[Any], item: pytest.Item | None) -> None:
     """A device is about to be stopped.  ``item`` is the last test that used it, if any."""
+
+
+@pytest.hookspec
+def pytest_jumpstarter_list_device(  # type: ignore[empty-body]
+    config: pytest.Config, target: TargetDescription, device: DeviceSpec
+) -> list[str]:
+    """More lines for ``--jumpstarter-list`` about ``device`` (e.g. whether a kept booted state fits
+    it); touches no hardware.  Every implementation's lines are shown."""

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .cacheopts import add_cache_options, cache_options
+
 if TYPE_CHECKING:
     from .driver import Driver
     from .lifecycle import DeviceManager, Target
@@ -101,6 +103,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         INI_TARGETS, "target description files (relative to the ini file)", type="linelist", default=[]
     )
+    add_cache_options(parser, group)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -294,7 +297,13 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     run = session.config.stash.get(RUN, None)
     from .listing import render
 
-    text = render(run.targets if run else [], run.sources if run else [], session.items)
+    def more(target: Any, device: Any) -> list[str]:
+        found = session.config.hook.pytest_jumpstarter_list_device(
+            config=session.config, target=target, device=device
+        )
+        return [line for lines in found for line in lines]
+
+    text = render(run.targets if run else [], run.sources if run else [], session.items, more)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     out = run.redact(text) if run else text
     if reporter is not None:
@@ -377,7 +386,7 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             config.hook,
             run.redact,
             make_logdir,
-            extra={"worker": worker} if worker else None,
+            extra={**({"worker": worker} if worker else {}), **cache_options(config)},
             lock_dir=_lock_dir(config),
             lock_timeout=config.option.jumpstarter_lock_timeout,
             notify=lambda text: _tell(config, text),

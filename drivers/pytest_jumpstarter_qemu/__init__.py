@@ -52,9 +52,52 @@ def pytest_jumpstarter_device_ready(device: Driver[Any], item: pytest.Item | Non
     from .board import QemuBoard  # loaded already: a device exists
 
     if isinstance(device, QemuBoard) and item is not None:
+        if device.warm.note is not None:  # started from the cache, or why not: once, in this report
+            item.add_report_section("setup", "jumpstarter", device.warm.note)
+            device.warm.note = None
         boards = item.stash.setdefault(_BOARDS, [])
         if device not in boards:
             boards.append(device)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from pytest_jumpstarter.cacheopts import cache_options
+
+    options = cache_options(config)
+    if options["cache_clear"] and not hasattr(config, "workerinput"):  # once, in the xdist controller
+        from .statecache import StateCache, default_dir
+
+        StateCache(options["cache_dir"] or default_dir()).clear()
+
+
+@pytest.hookimpl
+def pytest_jumpstarter_list_device(config: pytest.Config, target: Any, device: Any) -> list[str]:
+    """``cache: hit|miss|off (why)`` for a QEMU board: its key from files and settings only."""
+    from .board import QemuBoard
+
+    if device.driver is not QemuBoard or device.settings is None:
+        return []
+    from pytest_jumpstarter.errors import JumpstarterError
+    from pytest_jumpstarter.cacheopts import cache_options
+
+    from .statecache import make_key
+    from .warm import CacheOptions, key_parts, off_reason
+
+    options = CacheOptions.from_extra(cache_options(config))
+    reset = device.reset if device.scope != "test" else "none"
+    why = off_reason(device.settings, options.mode)
+    if why is None and device.settings.accel == "auto":
+        why = "accel: auto (the key depends on the KVM probe, made at power-on)"
+    if why is not None:
+        return [f"cache: off ({why})"]
+    try:
+        key = make_key(key_parts(device.settings, device.settings.accel, reset == "snapshot"))
+    except (OSError, JumpstarterError) as exc:
+        return [f"cache: miss (cannot make its key: {str(exc).splitlines()[0]})"]
+    entry = options.cache().peek(key)
+    if entry is None:
+        return [f"cache: miss (entry {key} in {options.cache().folder})"]
+    return [f"cache: hit (entry {key}, {entry.size / 2**20:.0f} MiB)"]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,30 +14,29 @@ The board composes its parts, one concern each:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console, LinuxShell, SocketTransport
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import DeviceExited, DeviceStateError, DriverError
-from pytest_jumpstarter.settings import Setting
 from pytest_jumpstarter.uboot import UBootShell
 
 from . import config as _config
 from .accel import ACCEL_CHOICES
 from .cmdline import DiskFile, RunFiles, command_line
-from .config import QemuConfig
+from .config import QemuSettings
 from .diagnosis import diagnose
 from .disks import Disks
 from .network import UserNet
 from .qmp import Events, Qmp
 from .snapshot import SNAPSHOT_TAG, Snapshots
 from .supervisor import QemuProcess
+from .warm import WarmStart, receive_state
 
 __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
 
@@ -45,7 +44,7 @@ __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
 LINUX_PROMPT = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"
 
 
-class QemuBoard(Driver[Any]):
+class QemuBoard(Driver[QemuSettings]):
     """A board under ``qemu-system-<arch>``: power, serial console, QMP, disks and user-mode network."""
 
     name = "qemu"
@@ -53,25 +52,23 @@ class QemuBoard(Driver[Any]):
     restore_modes = ("reboot", "snapshot")
     #: Power-ons of this device so far (forwards and console belong to one power-on).
     boots: int
-    settings: ClassVar[Mapping[str, Setting]] = _config.SETTINGS
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    def check(cls, settings: QemuSettings) -> Iterable[tuple[str, str]]:
         return _config.check(settings)
 
-    def __init__(self, ctx: DeviceContext[Any]) -> None:
+    def __init__(self, ctx: DeviceContext[QemuSettings]) -> None:
         super().__init__(ctx)
-        base_dir = Path(ctx.source).parent if ctx.source and not ctx.source.startswith("<") else Path.cwd()
-        self.config = QemuConfig.from_settings(ctx.settings, base_dir)
+        self.config: QemuSettings = ctx.settings
         self.arch = self.config.arch
         self.shell_kind: Literal["linux", "uboot"] = self.config.shell
         self.ready_pattern: str = self.config.ready or (
             UBootShell.prompt if self.shell_kind == "uboot" else LINUX_PROMPT
         )
-        disks = {name: dataclasses.replace(disk) for name, disk in self.config.disks.items()}
-        self._disks = Disks(self.device_name, disks, ctx.workdir, ctx.source)
-        self._net = UserNet(self.device_name, self.config.network, self.hmp)
+        self._disks = Disks(self.device_name, self.config.disk_list(), ctx.workdir, ctx.source)
+        self._net = UserNet(self.device_name, self.config.user_network, self.hmp)
         self._snapshots = Snapshots(ctx.reset == "snapshot")
+        self.warm = WarmStart(self)
         #: The QEMU of the current (or last) power-on; None before the first.
         self.process: QemuProcess | None = None
         self._console: Console | None = None
@@ -89,7 +86,7 @@ class QemuBoard(Driver[Any]):
         self.ctx.workdir.mkdir(parents=True, exist_ok=True)
         self._disks.prepare()
         self._snapshots.prepare(self.device_name, self.ctx.workdir)
-        if self.config.network is not None and self.config.network.tftp:
+        if self.config.user_network is not None and self.config.network.tftp:
             self._tftp_root = self.ctx.workdir / "tftp"
             self._tftp_root.mkdir(exist_ok=True)
         self.started = True
@@ -160,11 +157,15 @@ class QemuBoard(Driver[Any]):
         accel: str = self.config.accel
         if accel == "auto":
             accel = ACCEL_CHOICES.choose(self.command_line("kvm"), self._boots_with_kvm)
-        self._launch(accel)
+        restored = self.warm.restore(accel)  # the booted state from the cache: no boot to wait for
+        if not restored:
+            self._launch(accel)
         try:
-            start = time.monotonic()
-            self._wait_ready("while booting")
-            self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
+            if not restored:
+                start = time.monotonic()
+                self._wait_ready("while booting")
+                self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
+                self.warm.save(accel)
             if self._snapshots.wanted:
                 self._snapshots.save(self, self.config.console_timeout, self.config.boot_timeout)
         except BaseException:
@@ -182,7 +183,7 @@ class QemuBoard(Driver[Any]):
                 self._console = None
 
     def cycle(self) -> None:
-        """Power off, then on (a fresh QEMU process: a real cold boot)."""
+        """Power off, then on (a fresh QEMU process: booted, or started from the cached booted state)."""
         self.off()
         self.on()
 
@@ -338,7 +339,8 @@ class QemuBoard(Driver[Any]):
     @property
     def guest_address(self) -> str | None:
         """An address the host can reach the guest at; None with user-mode networking (use forwards)."""
-        return self.config.network.address if self.config.network is not None else None
+        network = self.config.user_network
+        return network.address if network is not None else None
 
     @property
     def forwards(self) -> dict[str, int]:
@@ -384,13 +386,16 @@ class QemuBoard(Driver[Any]):
                     f"{key} file {path} does not exist (setting {key} in {self.ctx.source}){hint}",
                 )
 
-    def _launch(self, accel: str) -> None:
-        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left."""
+    def _launch(self, accel: str, incoming: Path | None = None) -> None:
+        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left.
+
+        ``incoming``: a booted state (:mod:`.warm`) to load before it runs."""
         try:
             self._check_files()
             self.events = Events()
+            command = self.command_line(accel) + (["-incoming", "defer"] if incoming else [])
             self.process = process = QemuProcess.launch(
-                self.device_name, self.command_line(accel), self.ctx.workdir, self.ctx.progress
+                self.device_name, command, self.ctx.workdir, self.ctx.progress
             )
             assert process.qmp is not None and process.console_sock is not None
             self.events = process.qmp.events
@@ -406,6 +411,8 @@ class QemuBoard(Driver[Any]):
             self._console.shell = (
                 UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
             )
+            if incoming is not None:
+                receive_state(process.qmp, incoming, self.config.boot_timeout, self.device_name)
             self._net.read_forwards()
             process.qmp.execute("cont", timeout=5.0)
             self.accel = accel
