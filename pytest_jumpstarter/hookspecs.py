@@ -12,14 +12,17 @@ import pytest
 
 if TYPE_CHECKING:
     from .driver import Driver
+    from .families import DriverRef
     from .model import DeviceSpec, TargetDescription
 
 
 @pytest.hookspec
-def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:  # type: ignore[empty-body]
-    """Return driver classes to make available to target descriptions.
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]] | DriverRef]:  # type: ignore[empty-body]
+    """Return the drivers to make available to target descriptions: classes, or
+    :class:`~pytest_jumpstarter.DriverRef` (name and ``"module:Class"``), which are imported only
+    when a target uses them, so a family costs nothing to a run that does not.
 
-    Called once per run; every implementation's list is merged.  Two classes with the same
+    Called once per run; every implementation's list is merged.  Two drivers with the same
     ``name`` are an error that names both.
     """
 

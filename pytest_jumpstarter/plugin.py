@@ -146,7 +146,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _load_targets(
     config: pytest.Config, paths: list[tuple[Path, str]], notes: list[str]
-) -> tuple[dict[str, type[Driver[Any]]], list[TargetDescription]]:
+) -> tuple[Mapping[str, type[Driver[Any]]], list[TargetDescription]]:
     from .errors import TargetError
     from .families import CONFTEST_NOTE, collect_drivers, has_unknown_driver, load_target_conftests
     from .target import load_targets
