@@ -77,11 +77,11 @@ def measure_board(
         seconds, hit_rss = first_command(make("on"), command)
         hit.append(seconds)
     _, disk = StateCache(cache).usage()
-    (entry,) = StateCache(cache).entries()
+    entries = StateCache(cache).entries()  # none when the board is cached off (U-Boot so far)
     StateCache(cache).clear()
     return {
         "cold": statistics.median(cold), "miss": statistics.median(miss), "hit": statistics.median(hit),
-        "cold_all": cold, "miss_all": miss, "hit_all": hit, "disk": disk, "stream": entry.size,
+        "cold_all": cold, "miss_all": miss, "hit_all": hit, "disk": disk, "stream": entries[0].size if entries else 0,
         "cold_rss": cold_rss, "hit_rss": hit_rss,
     }  # fmt: skip
 
