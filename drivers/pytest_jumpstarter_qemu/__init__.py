@@ -77,8 +77,8 @@ def pytest_jumpstarter_list_device(config: pytest.Config, target: Any, device: A
 
     if device.driver is not QemuBoard or device.settings is None:
         return []
-    from pytest_jumpstarter.errors import JumpstarterError
     from pytest_jumpstarter.cacheopts import cache_options
+    from pytest_jumpstarter.errors import JumpstarterError
 
     from .statecache import make_key
     from .warm import CacheOptions, key_parts, off_reason
