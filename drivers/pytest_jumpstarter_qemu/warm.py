@@ -133,15 +133,37 @@ def receive_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
 
 
 def send_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
-    """Stop the guest, write its state to ``state``, and let it run again."""
+    """Stop the guest, write its state to ``state``, and let it run again.
+
+    QEMU sends the ``completed`` event before its migration thread sets the run state to
+    ``postmigrate``: a ``cont`` in between is undone (seen on the demo U-Boot board, whose small
+    state completes at once: its console went silent, QEMU said ``postmigrate``).  So ``cont``
+    waits for ``postmigrate``, and the guest must be seen running afterwards.
+    """
     _events_on(qmp)
     since = len(qmp.events)
     qmp.execute("stop", timeout=5.0)
+    completed = False
     try:
         qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"}, timeout=5.0)
         wait_migration(qmp, since, Deadline(timeout, f"the booted state to be written to {state}"), device)
+        completed = True
     finally:
+        if completed:
+            _wait_status(qmp, "postmigrate", Deadline(10.0, "QEMU to finish the migration"), device)
         qmp.execute("cont", timeout=5.0)
+    _wait_status(qmp, "running", Deadline(5.0, "the guest to run again after saving its state"), device)
+
+
+def _wait_status(qmp: Qmp, status: str, deadline: Deadline, device: str) -> None:
+    """Poll ``query-status`` until QEMU reports ``status`` (no event marks these run states)."""
+    while True:
+        now = qmp.execute("query-status", timeout=5.0).get("status")
+        if now == status:
+            return
+        if deadline.expired:
+            raise deadline.error(device, f"QEMU still reports {now!r}, not {status!r}")
+        time.sleep(0.005)  # the migration thread sets the state under QEMU's lock: look again soon
 
 
 class WarmStart:
