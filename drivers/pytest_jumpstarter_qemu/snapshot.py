@@ -123,6 +123,10 @@ class Snapshots:
             return f"after loadvm QEMU reports the VM {status!r}, not running"
         if not settled:
             try:
+                # Bytes QEMU still held from the last test reach the restored guest: Ctrl-C drops
+                # such a half line (shell and U-Boot alike) before the marker command.
+                board.console.send("\x03")
+                board.console.drain(quiet=0.05, limit=0.5)
                 board.sync_console(min(10.0, console_timeout))
             except ConsoleTimeout as exc:
                 return f"the console did not answer after loadvm: {str(exc).splitlines()[0]}"
