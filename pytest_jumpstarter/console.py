@@ -171,6 +171,10 @@ class Console(SpawnBase):  # type: ignore[misc]
         self._tail = ""
         self._closed = False
         self.shell: LinuxShell | Any = LinuxShell(self)
+        #: True while every byte sent has been taken by the board: nothing was sent since the last
+        #: shell command whose end marker came back (a shell prints it only after reading the
+        #: whole line).  A restore in place (``loadvm``) may then skip the console round trip.
+        self.settled = True
 
     # --- pexpect's spawn interface -------------------------------------------------------------
 
@@ -202,6 +206,7 @@ class Console(SpawnBase):  # type: ignore[misc]
             raise self._eof_error()
         data = s.encode("utf-8") if isinstance(s, str) else s
         self._log(data.decode("utf-8", "replace"), "send")
+        self.settled = False
         try:
             self.transport.write(data)
         except EOFError:
@@ -456,4 +461,5 @@ class LinuxShell:
                 exc.diagnosis,
             ) from exc
         output = _ANSI.sub("", console.before).replace("\r\n", "\n").rstrip("\n")
+        console.settled = True
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

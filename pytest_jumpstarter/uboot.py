@@ -78,6 +78,7 @@ class UBootShell:
         token = f"S{next(self._ids)}"
         self.console.sendline(f'echo @@{token}""@@')
         self.console.expect(f"@@{token}@@{self.prompt}", timeout=timeout)
+        self.console.settled = True
 
     def run(self, command: str, timeout: float | None = None) -> RunResult:
         """Run ``command`` at the prompt; its output and status.  Raises :class:`ConsoleTimeout` if
@@ -105,4 +106,5 @@ class UBootShell:
                 exc.diagnosis,
             ) from exc
         output = console.before.replace("\r\n", "\n").rstrip("\n")
+        console.settled = True
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

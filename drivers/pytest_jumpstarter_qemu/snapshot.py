@@ -34,6 +34,9 @@ class SnapshotHost(Protocol):
     @property
     def console(self) -> Console: ...
     def hmp(self, command: str, timeout: float = 10.0) -> str: ...
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any: ...
     def sync_console(self, timeout: float, command: str = "true") -> None: ...
 
 
@@ -98,23 +101,38 @@ class Snapshots:
     def restore(self, board: SnapshotHost, console_timeout: float, boot_timeout: float) -> str | None:
         """``loadvm`` in place; None when restored, else why not (the caller then cold boots).
 
-        The console socket stays connected; what the old state printed is dropped and a marker
-        command proves the shell answers.
+        The console socket stays connected and what the old state printed is dropped.  The state
+        was saved with the shell idle at its prompt and nothing unread, so when QMP says the VM
+        runs again and the console has no input in flight (:attr:`Console.settled`: everything the
+        last test sent was answered), the guest is exactly there and no round trip is needed; the
+        next command proves the shell.  Otherwise (a test left a half-typed line, or sent raw
+        bytes QEMU may still hold) a marker command proves the shell answers first.
         """
         if self.saved is None:
             return self.error or "no booted state was saved (reset: snapshot was not set at start)"
         started = time.monotonic()
+        settled = board.console.settled
         out = board.hmp(f"loadvm {self.saved}", timeout=boot_timeout).strip()
         board.timings["loadvm"] = time.monotonic() - started
         if out:
             # A failed loadvm leaves the VM stopped, in no known state.
             return f"loadvm failed: {_hmp_error(out)}"
         board.console.drain(quiet=0.0, limit=0.5)
-        try:
-            board.sync_console(min(10.0, console_timeout))
-        except ConsoleTimeout as exc:
-            return f"the console did not answer after loadvm: {str(exc).splitlines()[0]}"
+        status = board.execute("query-status", timeout=5.0).get("status")
+        if status != "running":
+            return f"after loadvm QEMU reports the VM {status!r}, not running"
+        if not settled:
+            try:
+                # Bytes QEMU still held from the last test reach the restored guest: Ctrl-C drops
+                # such a half line (shell and U-Boot alike) before the marker command.
+                board.console.send("\x03")
+                board.console.drain(quiet=0.05, limit=0.5)
+                board.sync_console(min(10.0, console_timeout))
+            except ConsoleTimeout as exc:
+                return f"the console did not answer after loadvm: {str(exc).splitlines()[0]}"
+        board.console.settled = True
         board.timings["restore"] = time.monotonic() - started
+        board.timings["resync"] = 0.0 if settled else board.timings["restore"] - board.timings["loadvm"]
         return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -104,6 +105,11 @@ def test_a_linux_board_starts_from_its_kept_state_with_the_host_clock_and_fresh_
         with socket.create_connection(("127.0.0.1", warm.forward("echo")), timeout=10) as conn:
             conn.sendall(b"ping\n")
             assert conn.recv(16) == b"ping\n"
+        # A power cycle is a reboot, not another restore of the same state.
+        boot_id = "cat /proc/sys/kernel/random/boot_id"
+        before = warm.console.run(boot_id).check().output
+        warm.cycle()
+        assert warm.console.run(boot_id).check().output != before
     finally:
         warm.stop()
     with open(entry.state, "r+b") as f:  # a half-written file, as a crash would leave one
@@ -133,9 +139,31 @@ def test_read_mode_never_writes_and_cache_false_boots_cold(tmp_path: Path, image
     assert board.warm.off_reason == "cache: false"
 
 
-def test_a_uboot_board_is_not_cached_and_says_why(tmp_path: Path, images: Images) -> None:
-    board = cached_board(uboot_settings(images), tmp_path / "u", tmp_path / "cache")
-    assert board.warm.off_reason is not None and "U-Boot" in board.warm.off_reason
+@pytest.mark.qemu
+@pytest.mark.timeout(120)
+def test_a_uboot_board_starts_from_its_kept_prompt_and_answers_after_the_save(
+    tmp_path: Path, images: Images
+) -> None:
+    settings = uboot_settings(images)
+    cache_dir = tmp_path / "cache"
+    cold = cached_board(settings, tmp_path / "cold", cache_dir)
+    try:
+        cold.start()
+        assert "save" in cold.warm.timings
+        # The source QEMU runs on after stop, migrate and cont: its U-Boot still reads its console.
+        assert cold.uboot.run("echo after-save").output == "after-save"
+        cold.uboot.run("setenv jsmark from-the-cold-board").check()
+    finally:
+        cold.stop()
+    for n in range(2):
+        warm = cached_board(settings, tmp_path / f"warm{n}", cache_dir)
+        try:
+            warm.start()
+            assert warm.warm.note is not None and "started from cache entry" in warm.warm.note
+            assert warm.uboot.run("printenv jsmark").status != 0  # saved before the change
+            assert "U-Boot" in warm.uboot.run("version").check().output
+        finally:
+            warm.stop()
 
 
 def test_the_listing_says_hit_or_miss_per_board_without_starting_one(pytester: pytest.Pytester) -> None:
@@ -151,7 +179,12 @@ def test_the_listing_says_hit_or_miss_per_board_without_starting_one(pytester: p
     (pytester.path / "vmlinuz").write_bytes(b"a kernel")
     pytester.makepyfile("def test_boot(qemu_vm):\n    pass\n")
     cache = pytester.path / "cache"
-    args = ["--target=board.yaml", "--jumpstarter-list", f"--jumpstarter-cache-dir={cache}"]
+    args = [
+        "--target=board.yaml",
+        "--jumpstarter-list",
+        "--jumpstarter-cache=on",
+        f"--jumpstarter-cache-dir={cache}",
+    ]
     result = pytester.runpytest(*args)
     result.stdout.fnmatch_lines(["*qemu_vm: driver qemu*", "*cache: miss (entry * in *cache)*"])
     result.stdout.fnmatch_lines(["*cold_vm: driver qemu*", "*cache: off (cache: false)*"])
@@ -164,3 +197,51 @@ def test_the_listing_says_hit_or_miss_per_board_without_starting_one(pytester: p
     )
     assert pytester.runpytest("--jumpstarter-cache-clear", f"--jumpstarter-cache-dir={cache}").ret == 0
     assert not (cache / key).exists()
+
+
+FRESH_TESTS = r"""
+import json
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_a_brand_new_board(qemu_vm, n):
+    run = qemu_vm.console.run
+    assert run("test -e /root/left-behind").status == 1, "a file from an earlier test survived"
+    run("touch /root/left-behind").check()
+    with open("@RECORDS@", "a") as f:
+        f.write(json.dumps({"pid": qemu_vm.pid, "boots": qemu_vm.boots}) + "\n")
+"""
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_scope_test_boards_are_new_qemus_started_from_the_kept_state(
+    pytester: pytest.Pytester, images: Images
+) -> None:
+    records = pytester.path / "records.jsonl"
+    pytester.makefile(
+        ".yaml",
+        board=f"""
+        name: fresh
+        devices:
+          qemu_vm: {{driver: qemu, scope: test, kernel: {images.linux_kernel}, initrd: {images.linux_initrd}}}
+        """,
+    )
+    pytester.makepyfile(test_fresh=FRESH_TESTS.replace("@RECORDS@", str(records)))
+    cache = pytester.path / "cache"
+    result = pytester.runpytest_subprocess(
+        "--target=board.yaml",
+        "-rP",
+        "-p",
+        "no:cacheprovider",
+        "--jumpstarter-cache=on",
+        f"--jumpstarter-cache-dir={cache}",
+    )
+    result.assert_outcomes(passed=3)
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert len({r["pid"] for r in rows}) == 3, f"each test must get its own QEMU: {rows}"
+    # The first test's board booted and kept its state; the next two started from it.
+    assert result.stdout.str().count("started from cache entry") == 2
+    assert len(StateCache(cache).entries()) == 1

@@ -34,6 +34,13 @@ def test_a_uboot_board_gets_its_booted_environment_back_without_a_new_qemu(tmp_p
             assert board.uboot.run("printenv jsmark").status != 0, "an earlier change survived the restore"
             board.uboot.run("setenv jsmark dirty").check()
             assert board.restore("snapshot") is None
+            # Every command was answered: QMP's word that the VM runs again is enough, no round trip.
+            assert board.timings["resync"] == 0.0
+        # A half-typed line (bytes sent, nothing answered): the restore proves the prompt first.
+        board.console.send("setenv jsmark half")
+        assert board.restore("snapshot") is None
+        assert board.timings["resync"] > 0.0
+        assert board.uboot.run("printenv jsmark").status != 0
         assert (board.pid, board.boots) == (pid, 1)
     finally:
         board.stop()
