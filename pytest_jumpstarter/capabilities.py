@@ -79,3 +79,26 @@ class Network(Protocol):
     def udp(self, port: int | str) -> tuple[str, int]: ...
     def connect(self, port: int | str, timeout: float = 10.0) -> socket.socket: ...
     def url(self, scheme: str, port: int | str, path: str = "") -> str: ...
+
+
+@runtime_checkable
+class UserNetwork(Protocol):
+    """A board on user-mode (slirp-style) networking: ports reached through host forwards.
+
+    ``boots`` counts power-ons, so a user of the board sees that forwards (and anything else held in
+    the guest's RAM) were made anew.
+    """
+
+    @property
+    def boots(self) -> int: ...
+    def forward(self, name: str) -> int: ...
+    def hostfwd_add(self, guest_port: int, proto: str = "tcp", host: str = "127.0.0.1") -> int: ...
+    def hostfwd_remove(self, host_port: int, proto: str = "tcp", host: str = "127.0.0.1") -> None: ...
+
+
+@runtime_checkable
+class Addressable(Protocol):
+    """A board the host reaches at an address of its own (None while it has none)."""
+
+    @property
+    def guest_address(self) -> str | None: ...

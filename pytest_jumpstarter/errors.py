@@ -123,6 +123,14 @@ class TunnelError(DriverError):
     """A network forward could not be made or used; the message names the board and the port."""
 
 
+class SshError(DriverError):
+    """An SSH connection failed or broke: the message names the board, the address and what SSH said."""
+
+
+class TransferError(DriverError):
+    """A file did not arrive intact, or at all: the message names the file, the channel and both checksums."""
+
+
 class LockTimeout(JumpstarterError):
     """An exclusive device stayed locked by someone else for longer than we were willing to wait."""
 
