@@ -85,7 +85,11 @@ class SocketTransport:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                selectors.DefaultSelector().select(1.0)
+                # The board reads slower than we write (a file sent over the console): wait until
+                # the socket takes more, not a flat second on an empty selector.
+                with selectors.DefaultSelector() as writable:
+                    writable.register(self.sock, selectors.EVENT_WRITE)
+                    writable.select(1.0)
                 continue
             except OSError as exc:
                 raise EOFError(str(exc)) from exc

@@ -13,11 +13,11 @@ import http.server
 import itertools
 import re
 import secrets
+import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from pytest_jumpstarter.console import Console, RunResult
 from pytest_jumpstarter.errors import ConsoleTimeout, TransferError
@@ -88,7 +88,9 @@ class HttpChannel(Channel):
     """The board's ``wget`` against a one-transfer HTTP server on this host's loopback.
 
     On user (slirp) networking the guest reaches the host's 127.0.0.1 at ``host_address``
-    (10.0.2.2), so the server never listens beyond loopback.  ``get`` is a ``wget --post-file``.
+    (10.0.2.2), so the server never listens beyond loopback.  ``get`` goes the other way as a plain
+    TCP upload (the board's ``nc`` into a one-connection listener here): BusyBox's ``wget
+    --post-file`` sends a file as a C string, cut at its first NUL byte.
     """
 
     name = "http"
@@ -102,8 +104,10 @@ class HttpChannel(Channel):
 
     def probe(self) -> str | None:
         """None if the board can fetch from us, else why not (for the fallback note)."""
-        with _OneShot(lambda: iter([b"jumpstarter-probe\n"]), None, lambda n: None) as server:
-            result = self.shell.run(f"wget -q -T 5 -O - {server.url(self.host_address)} 2>&1", timeout=15.0)
+        with _OneShot(lambda: iter([b"jumpstarter-probe\n"]), lambda n: None) as server:
+            # timeout(1), not wget -T: Debian's busybox-static 1.35 wget segfaults with -T.
+            url = server.url(self.host_address)
+            result = self.shell.run(f"timeout 10 wget -q -O - {url} 2>&1", timeout=15.0)
         if result.ok and "jumpstarter-probe" in result.output:
             return None
         said = result.output.strip()[-200:] or f"status {result.status}"
@@ -111,7 +115,7 @@ class HttpChannel(Channel):
 
     def send(self, local: Path, remote: str, progress: Progress) -> None:
         size = local.stat().st_size
-        with _OneShot(lambda: self.chunks(local), None, progress, size) as server:
+        with _OneShot(lambda: self.chunks(local), progress, size) as server:
             result = self.shell.run(
                 f"wget -q -O {quote(remote)} {server.url(self.host_address)} 2>&1",
                 timeout=self._deadline(size),
@@ -121,13 +125,18 @@ class HttpChannel(Channel):
 
     def receive(self, remote: str, local: Path, progress: Progress) -> None:
         size = _remote_size(self.shell, remote, self.device)
-        with _OneShot(None, local, progress) as server:
+        deadline = self._deadline(size)
+        with _Upload(local, size, progress) as upload:
             result = self.shell.run(
-                f"wget -q -O /dev/null --post-file={quote(remote)} {server.url(self.host_address)} 2>&1",
-                timeout=self._deadline(size),
+                f"timeout {int(deadline)} nc {self.host_address} {upload.port} < {quote(remote)} 2>&1",
+                timeout=deadline + 5,
             )
-        if not result.ok or server.error:
-            raise TransferError(self.device, f"upload of {remote} failed: {server.error or result.output}")
+        if upload.received != size:
+            raise TransferError(
+                self.device,
+                f"upload of {remote} stopped after {upload.received} of {size} bytes:"
+                f" {result.output.strip()}",
+            )
 
     def _deadline(self, size: int) -> float:
         return 30.0 + size / self.rate
@@ -210,26 +219,57 @@ def _remote_size(shell: Shell, remote: str, device: str) -> int:
     return int(result.output.strip())
 
 
+class _Upload:
+    """A listener on 127.0.0.1 that takes one connection and writes its first ``size`` bytes to ``local``."""
+
+    def __init__(self, local: Path, size: int, progress: Progress) -> None:
+        self.local, self.size, self.progress = local, size, progress
+        self.received = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._take, daemon=True)
+
+    def _take(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return  # closed: the board never connected
+        with conn, open(self.local, "wb") as out:
+            while self.received < self.size:
+                block = conn.recv(min(_BLOCK, self.size - self.received))
+                if not block:
+                    break
+                out.write(block)
+                self.received += len(block)
+                self.progress(self.received)
+        # Closing here is what ends the board's nc (it does not quit at the end of its input).
+
+    def __enter__(self) -> _Upload:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._thread.join(10.0)
+
+
 class _OneShot:
-    """An HTTP server on 127.0.0.1 for one transfer: GET serves ``source``, POST writes ``sink``.
+    """An HTTP server on 127.0.0.1 for one transfer: GET serves ``source``.
 
     The path is a random token, so nothing but the transfer it was made for fetches from it.
     """
 
     def __init__(
-        self,
-        source: Callable[[], Iterator[bytes]] | None,
-        sink: Path | None,
-        progress: Progress,
-        size: int | None = None,
+        self, source: Callable[[], Iterator[bytes]], progress: Progress, size: int | None = None
     ) -> None:
         self.token = secrets.token_hex(8)
-        self.error: str | None = None
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path != f"/{owner.token}" or source is None:
+                if self.path != f"/{owner.token}":
                     self.send_error(404)
                     return
                 self.send_response(200)
@@ -241,25 +281,6 @@ class _OneShot:
                     self.wfile.write(block)
                     done += len(block)
                     progress(done)
-
-            def do_POST(self) -> None:
-                if self.path != f"/{owner.token}" or sink is None:
-                    self.send_error(404)
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                done = 0
-                with open(sink, "wb") as out:
-                    while done < length:
-                        block = self.rfile.read(min(_BLOCK, length - done))
-                        if not block:
-                            owner.error = f"the board sent {done} of {length} bytes"
-                            break
-                        out.write(block)
-                        done += len(block)
-                        progress(done)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -282,10 +303,4 @@ class _OneShot:
         self._thread.join(5.0)
 
 
-@contextlib.contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    start = time.monotonic()
-    yield lambda: time.monotonic() - start
-
-
-__all__ = ["BinaryIO", "Channel", "ConsoleChannel", "HttpChannel", "SshChannel"]
+__all__ = ["Channel", "ConsoleChannel", "HttpChannel", "SshChannel"]

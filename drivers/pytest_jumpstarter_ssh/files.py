@@ -126,7 +126,9 @@ class Files(Driver):
             staged = f"{self.config.scratch}/.jumpstarter-put-{os.getpid()}.tar"
             self._move(channel, "put", tar, staged)
             q, qs = shlex.quote(remote), shlex.quote(staged)
-            self._shell().run(f"mkdir -p {q} && tar -xf {qs} -C {q}; s=$?; rm -f {qs}; exit $s", 300).check()
+            # No "exit": on a console this runs in the login shell itself.
+            unpack = f"mkdir -p {q} && tar -xf {qs} -C {q}; s=$?; rm -f {qs}; [ $s = 0 ]"
+            self._shell().run(unpack, 300).check()
             tar.unlink()
             found = self._board_tree(remote)
             self._compare(channel.name, source, remote, expected, found)
