@@ -15,9 +15,10 @@ case "$mode" in
 esac
 
 # Debian packages: QEMU under TCG, Debian's U-Boot builds, BusyBox for the initramfs, socat for pty pairs,
-# iproute2 for network namespaces, cpio/xz/zstd for images.
+# iproute2 for network namespaces, cpio/xz/zstd for images, openssh-client for the ssh driver (the demo
+# board's dropbear-bin and openssh-sftp-server are only extracted by build-images, never installed).
 apt_packages=(qemu-system-x86 qemu-system-arm qemu-utils u-boot-qemu busybox-static socat cpio iproute2
-              xz-utils zstd kmod ca-certificates)
+              xz-utils zstd kmod ca-certificates openssh-client)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
