@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ssh"))
 
-from pytest_jumpstarter_qemu.images import require_images  # noqa: E402
-from ssh_support import board, files_on, ssh_on  # noqa: E402
+from pytest_jumpstarter_qemu.images import require_images
+from ssh_support import board, files_on, ssh_on
 
 
 def median_ms(fn: object, n: int) -> float:
@@ -70,7 +70,8 @@ def main() -> int:
             data = work / "ssh.bin"
             # scp as a person types it: its own connection (no master), the same key and known_hosts.
             e = ssh._require().endpoint
-            scp = ["scp", "-q", "-P", str(e.port), "-i", str(ssh.key), "-o", f"UserKnownHostsFile={work}/ssh/known_hosts",
+            known = f"UserKnownHostsFile={work}/ssh/known_hosts"
+            scp = ["scp", "-q", "-P", str(e.port), "-i", str(ssh.key), "-o", known,
                    "-o", f"HostKeyAlias={e.alias}", "-o", "BatchMode=yes"]  # fmt: skip
             target = f"{e.user}@{e.host}:/tmp/bench.bin"
             start = time.perf_counter()
@@ -83,10 +84,11 @@ def main() -> int:
             print(f"{'channel':12s} {'MiB':>5s} {'put MiB/s':>10s} {'get MiB/s':>10s}")
             for name, mib, p, g in rows:
                 print(f"{name:12s} {mib:5d} {mib / p:10.2f} {mib / g:10.2f}")
-            ssh_row = rows[0]
+            ssh_row, console_row = rows[0], rows[2]
+            kib = console_row[1] * 1024
             print(
-                f"ssh vs scp: put {scp_put / ssh_row[2]:.2f}x, get {scp_get / ssh_row[3]:.2f}x (goal >= 0.9x);"
-                f" console {rows[2][1] * 1024 / rows[2][2]:.0f} KiB/s put, {rows[2][1] * 1024 / rows[2][3]:.0f} KiB/s get"
+                f"ssh vs scp: put {scp_put / ssh_row[2]:.2f}x, get {scp_get / ssh_row[3]:.2f}x (goal 0.9x);"
+                f" console {kib / console_row[2]:.0f} KiB/s put, {kib / console_row[3]:.0f} KiB/s get"
                 " (goal >= 100 KiB/s)"
             )
         finally:
