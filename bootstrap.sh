@@ -15,10 +15,12 @@ case "$mode" in
 esac
 
 # Debian packages: QEMU under TCG, Debian's U-Boot builds, BusyBox for the initramfs, socat for pty pairs,
-# iproute2 for network namespaces, cpio/xz/zstd for images, openssh-client for the ssh driver (the demo
-# board's dropbear-bin and openssh-sftp-server are only extracted by build-images, never installed).
+# iproute2 for network namespaces, cpio/xz/zstd for images, syslinux/mtools/dosfstools for the boot
+# disk a Jumpstarter QEMU exporter boots (built without mounting anything), openssh-client for the ssh
+# driver (the demo board's dropbear-bin and openssh-sftp-server are only extracted by build-images).
 apt_packages=(qemu-system-x86 qemu-system-arm qemu-utils u-boot-qemu busybox-static socat cpio iproute2
-              xz-utils zstd kmod ca-certificates openssh-client)
+              xz-utils zstd kmod ca-certificates
+              syslinux syslinux-common mtools dosfstools openssh-client)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -35,10 +37,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pytest_jumpstarter, xdist, pytest_timeout, ruff, mypy" 2>/dev/null \
+if ! .venv/bin/python -c "import pytest_jumpstarter, xdist, pytest_timeout, ruff, mypy, jumpstarter_cli" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "== installing pytest-jumpstarter into .venv"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint]'
+  # [jumpstarter]: the Jumpstarter client stack, for driver: jumpstarter and its tests (real exporters).
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint,jumpstarter]'
   touch .venv/.installed
 fi
 

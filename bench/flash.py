@@ -93,7 +93,7 @@ def bench_qemu_disk(rounds: int, work: Path) -> None:
             DeviceContext(
                 name="flasher",
                 target="bench",
-                settings={**defaults(QemuDiskFlasher), "power_on": False},
+                settings=QemuDiskFlasher.settings_from({"board": "qemu_vm", "power_on": False}),
                 refs={"board": board},
                 workdir=work,
             )
@@ -195,7 +195,7 @@ def bench_uboot(rounds: int, work: Path) -> None:
             DeviceContext(
                 name="flasher",
                 target="bench",
-                settings={**defaults(UBootTftpFlasher), "ram_size": 384 * MIB},
+                settings=UBootTftpFlasher.settings_from({"board": "uboot_vm", "ram_size": 384 * MIB}),
                 refs={"board": board},
                 workdir=work,
             )
@@ -212,7 +212,7 @@ def bench_uboot(rounds: int, work: Path) -> None:
             assert board.tftp_root is not None
             staged = board.tftp_root / "raw.bin"
             shutil.copyfile(image, staged)
-            flasher._interrupt(10.0)
+            flasher.interrupt(10.0)
             flasher.run("setenv ipaddr 10.0.2.15; setenv serverip 10.0.2.2")
             start = time.perf_counter()
             flasher.run("tftpboot 0x40400000 raw.bin")
@@ -238,13 +238,13 @@ def bench_uboot(rounds: int, work: Path) -> None:
 def bench_dfu(rounds: int, work: Path) -> None:
     import usb.core
     from pytest_jumpstarter_flashers.dfu import DfuFlasher
-    from pytest_jumpstarter_flashers.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
+    from pytest_jumpstarter_flashers.testing.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
 
     size = 16 * MIB
     image = work / "firmware.bin"
     image.write_bytes(os.urandom(size))
     device = SimulatedDfuDevice(size=size, transfer_size=4096)
-    ctx = DeviceContext(name="dfu", target="bench", settings=defaults(DfuFlasher), workdir=work)
+    ctx = DeviceContext(name="dfu", target="bench", settings=DfuFlasher.settings_from({}), workdir=work)
     ctx.extra["usb_backend"] = SimulatedDfuBackend(device)
     flasher = DfuFlasher(ctx)
     flasher.start()

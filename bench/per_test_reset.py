@@ -133,13 +133,13 @@ def profile_restore(images: Images, rounds: int = 15) -> dict[str, float]:
                 board.hmp("loadvm jumpstarter-pristine")
                 t1 = time.monotonic()
                 board.console.drain(quiet=0.0, limit=0.5)
-                board._sync_console(10.0)
+                board.sync_console(10.0)
                 t2 = time.monotonic()
                 loadvm.append(t1 - t0)
                 resync.append(t2 - t1)
             for _ in range(3):
                 t0 = time.monotonic()
-                board.reset("reboot")
+                board.restore("reboot")
                 reboot.append(time.monotonic() - t0)
         finally:
             board.stop()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_jumpstarter_network import TcpRelay
-from pytest_jumpstarter_network.echo_server import EchoServer
+from pytest_jumpstarter_network.testing.echo_server import EchoServer
 
 from pytest_jumpstarter import DeviceContext
 from pytest_jumpstarter.settings import Setting, coerce
@@ -138,7 +138,7 @@ def main() -> int:
     size = coerce(Setting("size"), args.size, Path.cwd())
 
     with EchoServer() as server, tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
-        settings = {"address": "127.0.0.1", "forwards": {}, "listen": "127.0.0.1", "connect_timeout": 5.0}
+        settings = TcpRelay.settings_from({"address": "127.0.0.1"})
         tunnel = TcpRelay(DeviceContext(name="tunnel", target="bench", settings=settings, workdir=Path(tmp)))
         tunnel.start()
         try:

@@ -35,7 +35,7 @@ def test_exit_status_of_a_failing_command(qemu_vm):
     assert qemu_vm.console.run("ls /no/such/file").status != 0
 
 
-@linux
+@pytest.mark.device(os="linux", control="qmp")  # QMP is the local QEMU board's; a Jumpstarter board has none
 def test_qmp_says_the_guest_runs(qemu_vm):
     assert qemu_vm.execute("query-status")["status"] == "running"
 

@@ -11,11 +11,26 @@ from typing import TYPE_CHECKING, Any
 # Imported on first use: pytest imports this package for its plugin on every run, and most runs
 # (no target configured) need none of it.  Type checkers see the real imports.
 if TYPE_CHECKING:
-    from .capabilities import FlashResult, HasConsole, Network, Power
-    from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport, UBootShell
-    from .driver import DeviceContext, Driver, Transcript
+    from .capabilities import (
+        Addressable,
+        DiskHost,
+        Flash,
+        FlashResult,
+        HasConsole,
+        Network,
+        Power,
+        PowerState,
+        QmpHost,
+        Reconnect,
+        Reset,
+        TftpHost,
+        UserNetwork,
+    )
+    from .console import Console, LinuxShell, RunResult, SerialTransport, SocketTransport
+    from .driver import DeviceContext, Driver, Referred, Transcript
     from .errors import (
         BoardPanic,
+        BoardReset,
         ConsoleClosed,
         ConsoleTimeout,
         DeviceExited,
@@ -32,11 +47,24 @@ if TYPE_CHECKING:
     )
     from .lifecycle import Target
     from .plugin import device_fixture
-    from .settings import Setting
+    from .settings import Setting, SettingValueError, setting
     from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
+    from .uboot import UBootShell
 
 _WHERE = {
+    "Addressable": "capabilities",
+    "DiskHost": "capabilities",
+    "Flash": "capabilities",
+    "PowerState": "capabilities",
+    "QmpHost": "capabilities",
+    "Reconnect": "capabilities",
+    "Reset": "capabilities",
+    "TftpHost": "capabilities",
+    "UserNetwork": "capabilities",
+    "SettingValueError": "settings",
+    "setting": "settings",
     "BoardPanic": "errors",
+    "BoardReset": "errors",
     "Console": "console",
     "ConsoleClosed": "errors",
     "ConsoleTimeout": "errors",
@@ -56,6 +84,7 @@ _WHERE = {
     "Power": "capabilities",
     "Problem": "errors",
     "Redactor": "target",
+    "Referred": "driver",
     "RunResult": "console",
     "SerialTransport": "console",
     "Setting": "settings",
@@ -67,7 +96,7 @@ _WHERE = {
     "TransferError": "errors",
     "Transcript": "driver",
     "TunnelError": "errors",
-    "UBootShell": "console",
+    "UBootShell": "uboot",
     "device_fixture": "plugin",
     "load_target": "target",
     "load_targets": "target",
@@ -75,7 +104,9 @@ _WHERE = {
 
 
 __all__ = [
+    "Addressable",
     "BoardPanic",
+    "BoardReset",
     "Console",
     "ConsoleClosed",
     "ConsoleTimeout",
@@ -83,8 +114,10 @@ __all__ = [
     "DeviceExited",
     "DeviceSpec",
     "DeviceStateError",
+    "DiskHost",
     "Driver",
     "DriverError",
+    "Flash",
     "FlashError",
     "FlashResult",
     "HasConsole",
@@ -93,23 +126,32 @@ __all__ = [
     "LockTimeout",
     "Network",
     "Power",
+    "PowerState",
     "Problem",
+    "QmpHost",
+    "Reconnect",
     "Redactor",
+    "Referred",
+    "Reset",
     "RunResult",
     "SerialTransport",
     "Setting",
+    "SettingValueError",
     "SocketTransport",
     "SshError",
     "Target",
     "TargetDescription",
     "TargetError",
+    "TftpHost",
     "Transcript",
     "TransferError",
     "TunnelError",
     "UBootShell",
+    "UserNetwork",
     "device_fixture",
     "load_target",
     "load_targets",
+    "setting",
 ]
 
 

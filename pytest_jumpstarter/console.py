@@ -32,13 +32,14 @@ from pexpect.expect import Expecter, searcher_re
 from pexpect.spawnbase import SpawnBase
 
 from .errors import BoardPanic, ConsoleClosed, ConsoleTimeout, DriverError
+from .waiting import Deadline
 
 #: Patterns that mean a Linux board is gone for good; waiting longer cannot help.
 LINUX_FATAL_PATTERNS = (r"Kernel panic - not syncing[^\r\n]*",)
 
 
 class Transport(Protocol):
-    """A byte stream to a console."""
+    """A byte stream to a console.  ``write`` raises TimeoutError(what, seconds) if the other end stalls."""
 
     def read(self, size: int, timeout: float | None) -> bytes:
         """Up to ``size`` bytes, as soon as any arrive; ``b""`` if none came in ``timeout``.
@@ -55,11 +56,13 @@ class Transport(Protocol):
 class SocketTransport:
     """A connected stream socket (a QEMU unix-socket or TCP chardev)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, write_timeout: float = 30.0) -> None:
+        self.sock, self.write_timeout = sock, write_timeout  # how long a write waits for the other end
         sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ)
+        self._writable = selectors.DefaultSelector()
+        self._writable.register(sock, selectors.EVENT_WRITE)
 
     def read(self, size: int, timeout: float | None) -> bytes:
         try:
@@ -85,11 +88,9 @@ class SocketTransport:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                # The board reads slower than we write (a file sent over the console): wait until
-                # the socket takes more, not a flat second on an empty selector.
-                with selectors.DefaultSelector() as writable:
-                    writable.register(self.sock, selectors.EVENT_WRITE)
-                    writable.select(1.0)
+                if not self._writable.select(self.write_timeout):
+                    what = f"the other end to take {len(view)} more bytes"
+                    raise TimeoutError(what, self.write_timeout) from None
                 continue
             except OSError as exc:
                 raise EOFError(str(exc)) from exc
@@ -97,6 +98,7 @@ class SocketTransport:
 
     def close(self) -> None:
         self._selector.close()
+        self._writable.close()
         self.sock.close()
 
 
@@ -202,6 +204,9 @@ class Console(SpawnBase):  # type: ignore[misc]
         except EOFError:
             self.flag_eof = True
             raise self._eof_error() from None
+        except TimeoutError as exc:
+            what, seconds = (exc.args[0], exc.args[1]) if len(exc.args) == 2 else (str(exc), None)
+            raise ConsoleTimeout(self.device, what, seconds, self.tail()) from None
         return len(data)
 
     def sendline(self, s: str | bytes = "") -> int:
@@ -273,9 +278,9 @@ class Console(SpawnBase):  # type: ignore[misc]
 
     def drain(self, quiet: float = 0.05, limit: float = 2.0) -> str:
         """Read until the board has been quiet for ``quiet`` seconds (at most ``limit`` in all)."""
-        deadline = time.monotonic() + limit
+        deadline = Deadline(limit, "the console to go quiet")
         got = []
-        while time.monotonic() < deadline:
+        while not deadline.expired:
             try:
                 got.append(self.read_nonblocking(self.maxread, quiet))
             except pexpect.TIMEOUT:
@@ -387,24 +392,12 @@ class _WindowedExpecter(Expecter):  # type: ignore[misc]
 
 @dataclass(frozen=True)
 class RunResult:
-    """A shell command's output (``\\n`` line ends, no trailing newline) and exit status.
-
-    The same type for every channel, so a test switches from ``console.run()`` to ``ssh.run()`` by
-    changing one word.  On a console stdout and stderr arrive interleaved in ``output`` (and ``stderr``
-    is empty); over SSH ``output`` is stdout and ``stderr`` is separate.
-    """
+    """A shell command's output (``\\n`` line ends, no trailing newline) and exit status."""
 
     command: str
     output: str
     status: int
     duration: float
-    stderr: str = ""
-    #: What ran it, for messages: ``console``, or ``ssh root@127.0.0.1:40022``.
-    channel: str = "console"
-
-    @property
-    def stdout(self) -> str:
-        return self.output
 
     @property
     def ok(self) -> bool:
@@ -413,10 +406,8 @@ class RunResult:
     def check(self) -> RunResult:
         """Return self if the command succeeded, else raise with its output."""
         if self.status != 0:
-            stderr = f"\nstderr:\n{self.stderr}" if self.stderr else ""
             raise DriverError(
-                self.channel,
-                f"command {self.command!r} exited with status {self.status}:\n{self.output}{stderr}",
+                "console", f"command {self.command!r} exited with status {self.status}:\n{self.output}"
             )
         return self
 
@@ -454,57 +445,4 @@ class LinuxShell:
                 console.device, f"the end of command {command!r}", deadline - start, console.tail()
             ) from exc
         output = _ANSI.sub("", console.before).replace("\r\n", "\n").rstrip("\n")
-        return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)
-
-
-class UBootShell:
-    """Stops U-Boot's autoboot and runs commands at its prompt, finding their output by markers.
-
-    The prompt regex is ``\\r\\n=> ``: a bare ``=> `` also matches crc32's ``==> 9b815e98``.  U-Boot's
-    hush drops empty quotes (``@@B""x`` prints ``@@Bx``), so the markers in the output never equal
-    the echoed command line, and ``$?`` gives the command's status.
-    """
-
-    prompt = r"\r\n=> "
-    autoboot = r"Hit any key to stop autoboot|Press SPACE to abort autoboot|autoboot in \d+ seconds"
-
-    _ids = itertools.count(1)
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def interrupt(self, timeout: float | None = None) -> None:
-        """Wait for the autoboot countdown (or the prompt) and stop at the prompt."""
-        console = self.console
-        timeout = console.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        index = console.expect([self.autoboot, self.prompt], timeout=timeout)
-        if index == 0:
-            # Any key stops the countdown; a space does not start a command line.
-            console.send(" ")
-            console.expect(self.prompt, timeout=max(0.1, deadline - time.monotonic()))
-        self.sync(max(0.1, deadline - time.monotonic()))
-
-    def sync(self, timeout: float = 5.0) -> None:
-        """Make sure the prompt is idle and the buffer holds nothing stale (an empty command line)."""
-        token = f"S{next(self._ids)}"
-        self.console.sendline(f'echo @@{token}""@@')
-        self.console.expect(f"@@{token}@@{self.prompt}", timeout=timeout)
-
-    def run(self, command: str, timeout: float | None = None) -> RunResult:
-        console = self.console
-        token = f"{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
-        console.sendline(f'echo @@B""{token}@@; {command}; echo @@E""{token}:$?@@')
-        start = time.monotonic()
-        deadline = start + (console.timeout if timeout is None else timeout)
-        try:
-            console.expect(f"@@B{token}@@\r?\n", timeout=max(0.0, deadline - time.monotonic()))
-            console.expect(
-                f"@@E{token}:(-?\\d+)@@{self.prompt}", timeout=max(0.0, deadline - time.monotonic())
-            )
-        except ConsoleTimeout as exc:
-            raise ConsoleTimeout(
-                console.device, f"the end of U-Boot command {command!r}", deadline - start, console.tail()
-            ) from exc
-        output = console.before.replace("\r\n", "\n").rstrip("\n")
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

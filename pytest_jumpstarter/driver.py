@@ -1,10 +1,13 @@
 """The driver base class: what every device of a target is, whoever wrote its driver.
 
 A driver class declares its name (what ``driver:`` says in a target file), the role it serves by
-default (the fixture a test asks for, e.g. ``qemu_vm``), and its settings.  The plugin validates
-the settings, builds a :class:`DeviceContext` and calls :meth:`Driver.start` before the first test
-that needs the device and :meth:`Driver.stop` after the last one (per the device's scope).
-Drivers reach the world through their context, never through globals.
+default (the fixture a test asks for, e.g. ``qemu_vm``), and its settings: a dataclass given as
+the type parameter, ``class SerialConsole(Driver[SerialSettings])`` (see :mod:`.settings`).  The
+plugin validates the settings, builds a :class:`DeviceContext` holding that dataclass and calls
+:meth:`Driver.start` before the first test that needs the device and :meth:`Driver.stop` after the
+last one (per the device's scope); between tests of a kept device it calls :meth:`Driver.restore`.
+Drivers reach the world through their context, never through globals, and other devices through
+:meth:`DeviceContext.ref`, typed as the capability they need.
 
 Built-in and third-party drivers register the same way: by implementing the
 ``pytest_jumpstarter_add_drivers`` hook (see :mod:`pytest_jumpstarter.hookspecs`).
@@ -12,15 +15,21 @@ Built-in and third-party drivers register the same way: by implementing the
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Generic, TextIO, TypeVar
 
+from .capabilities import CAPABILITIES, describe_needs, implements
 from .errors import DeviceStateError
-from .settings import Setting
+from .settings import Setting, SettingValueError, build, coerce, declare
+
+S = TypeVar("S")
+C = TypeVar("C")
 
 
 class Transcript:
@@ -90,19 +99,20 @@ class Transcript:
 
 
 @dataclass
-class DeviceContext:
+class DeviceContext(Generic[S]):
     """What a driver instance gets from the plugin: its identity, its settings and its surroundings."""
 
     #: The device's name in the target description.
     name: str
     #: The target's name (``qemu-x86_64``), used in messages and file names.
     target: str
-    #: Validated, typed settings (paths resolved, defaults filled in).
-    settings: Mapping[str, Any]
+    #: Validated, typed settings (paths resolved, defaults filled in): the driver's settings dataclass.
+    settings: S
     #: The file the device was described in, for messages.
     source: str = "<memory>"
     #: Devices this one refers to, keyed by the setting that names them (``{"board": <QemuBoard>}``).
-    refs: Mapping[str, Driver] = field(default_factory=dict)
+    #: Use :meth:`ref`, which hands a device over typed as the capability asked for.
+    refs: Mapping[str, Driver[Any]] = field(default_factory=dict)
     #: A private folder that exists while the device lives and is removed after it.
     workdir: Path = field(default_factory=lambda: Path("."))
     #: Where this device's console output goes (per test, see :class:`Transcript`).
@@ -113,34 +123,155 @@ class DeviceContext:
     progress: Callable[[str], None] = lambda s: None
     #: Free-form values the plugin or other plugins attach (e.g. the xdist worker id).
     extra: dict[str, Any] = field(default_factory=dict)
-    #: How the plugin will make this device pristine between tests (``none``, ``reboot``, ``snapshot``):
-    #: a driver that needs to prepare for it at start() (e.g. save a snapshot once booted) reads it here.
+    #: How the plugin will make this device pristine between tests (the target file's ``reset:``,
+    #: ``none``, ``reboot`` or ``snapshot``): a driver that must prepare for it at start() (save a
+    #: snapshot once booted, say) reads it here.  The plugin calls :meth:`Driver.restore` with it.
     reset: str = "none"
 
+    def ref(self, key: str, capability: type[C]) -> C:
+        """The device that setting ``key`` names, as ``capability`` (a Protocol of :mod:`.capabilities`,
+        or one that combines several).
 
-class Driver:
-    """Base of every device driver.  Subclasses set ``name``, ``role`` and ``settings``."""
+        The loader already checked that the device provides what the setting declares it needs;
+        this check is for capabilities asked for beyond that.
+        """
+        device = self.refs.get(key)
+        if device is None:
+            raise DeviceStateError(
+                self.name, f"setting {key!r} names no device (set {key}: to a device name)"
+            )
+        if not device_provides(device, capability):
+            raise DeviceStateError(
+                self.name,
+                f"{key}: device {device.device_name!r} (driver {device.name}) does not provide "
+                f"{describe_needs(_parts(capability))}",
+            )
+        return typing.cast(C, device)
+
+    def provided(self, key: str, capability: type[C]) -> C | None:
+        """The device that setting ``key`` names as ``capability`` if it provides it, else ``None``
+        (no device, or one without it): for what a driver uses when it is there."""
+        device = self.refs.get(key)
+        if device is None or not device_provides(device, capability):
+            return None
+        return typing.cast(C, device)
+
+    def has_ref(self, key: str) -> bool:
+        return self.refs.get(key) is not None
+
+
+def _parts(capability: type) -> list[type]:
+    """The capabilities a Protocol combines (itself, if it is one of :data:`.CAPABILITIES`)."""
+    if capability in CAPABILITIES:
+        return [capability]
+    return [c for c in capability.__mro__[1:] if c in CAPABILITIES] or [capability]
+
+
+def device_provides(device: Driver[Any], capability: type) -> bool:
+    """Whether ``device`` provides ``capability``, as its driver's :meth:`Driver.provides` says.
+
+    Not ``isinstance``: with a Protocol that evaluates every property, and a powered-off board's
+    ``console`` raises; and a device whose parts depend on its settings narrows what it provides.
+    """
+    provided = type(device).provides(device.ctx.settings)
+    return all(part in provided for part in _parts(capability) if part in CAPABILITIES) and (
+        capability in CAPABILITIES or implements(type(device), capability)
+    )
+
+
+@dataclass(frozen=True)
+class Referred:
+    """A device a ``ref`` setting names, as :meth:`Driver.check_refs` sees it at load time."""
+
+    name: str
+    driver: str
+    provides: tuple[type, ...]
+
+    def describe(self) -> str:
+        return f"device {self.name!r} (driver {self.driver})"
+
+
+class Driver(Generic[S]):
+    """Base of every device driver.
+
+    Subclasses set ``name`` and ``role`` and give their settings dataclass as the type parameter.
+    """
 
     #: What ``driver:`` says in a target file to pick this class.
     name: ClassVar[str] = ""
     #: The role (fixture name) this device serves unless the target file says ``role:``.
     role: ClassVar[str | None] = None
-    #: The settings this driver accepts, validated before any test runs.
+    #: The settings dataclass (from the type parameter) and each of its fields as a :class:`Setting`.
+    settings_class: ClassVar[type | None] = None
     settings: ClassVar[Mapping[str, Setting]] = {}
-    #: Reset modes this driver can do itself (``reset: snapshot`` needs "snapshot" here).
-    reset_modes: ClassVar[tuple[str, ...]] = ()
+    #: ``reset:`` modes this driver can do itself in :meth:`restore` (``reset: snapshot`` needs
+    #: "snapshot" here).
+    restore_modes: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if typing.get_origin(base) is Driver or (
+                isinstance(typing.get_origin(base), type) and issubclass(typing.get_origin(base), Driver)
+            ):
+                (param,) = typing.get_args(base)
+                if isinstance(param, type) and dataclasses.is_dataclass(param):
+                    cls.settings_class = param
+                    cls.settings = declare(param)
+
+    def __init__(self, ctx: DeviceContext[S]) -> None:
         self.ctx = ctx
         self.started = False
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    def settings_from(cls, values: Mapping[str, Any], base_dir: Path | None = None) -> S:
+        """Settings built from raw values exactly as the target loader builds them (for code that
+        makes a driver without a target file: tests, benchmarks).  Raises ``SettingValueError``."""
+        typed: dict[str, Any] = {}
+        for key, value in values.items():
+            declared = cls.settings.get(key)
+            if declared is None:
+                raise SettingValueError(f"unknown setting {key!r} for driver {cls.name!r}", (key,))
+            try:
+                typed[key] = coerce(declared, value, base_dir or Path.cwd())
+            except SettingValueError as exc:
+                raise exc.within(key) from None
+        missing = [key for key, declared in cls.settings.items() if declared.required and key not in typed]
+        if missing:
+            raise SettingValueError(f"missing required settings of driver {cls.name!r}: {', '.join(missing)}")
+        settings: S = build(cls.settings, cls.settings_class, typed)
+        problems = [f"{key}: {message}" for key, message in cls.check(settings)]
+        if problems:
+            raise SettingValueError("; ".join(problems))
+        return settings
+
+    @classmethod
+    def check(cls, settings: S) -> Iterable[tuple[str, str]]:
         """Cross-setting validation after each value passed its own check.
 
-        Yield ``(key, message)`` for each problem; the loader adds the file and line.
+        Yield ``(key, message)`` for each problem (``"forwards.ssh"`` for a nested key); the
+        loader adds the file and line.
         """
         return ()
+
+    @classmethod
+    def check_refs(cls, settings: S, refs: Mapping[str, Referred]) -> Iterable[tuple[str, str]]:
+        """Validation that depends on the devices the ``ref`` settings name (``refs``, by setting,
+        for those that loaded): for a capability used when the device has it and otherwise taken
+        from the driver's own settings.  What a ref always needs is ``setting(needs=...)``.
+
+        Yield ``(key, message)`` as :meth:`check` does.
+        """
+        return ()
+
+    @classmethod
+    def provides(cls, settings: S) -> tuple[type, ...]:
+        """The capabilities (:mod:`.capabilities` Protocols) a device of this driver has, so configured.
+
+        By default every capability the class implements; a driver whose parts depend on its
+        settings (a composite board without a console, say) narrows it.
+        """
+        return tuple(c for c in CAPABILITIES if implements(cls, c))
 
     @property
     def device_name(self) -> str:
@@ -154,13 +285,14 @@ class Driver:
         """Take the device down and free everything it holds.  Must be idempotent and bounded in time."""
         self.started = False
 
-    def reset(self, mode: str) -> str | None:
-        """Return the device to a pristine state between tests, if it can.
+    def restore(self, mode: str) -> str | None:
+        """Return a kept device to a pristine state between tests (``mode`` is its ``reset:``), if it can.
 
         Returns ``None`` when it did, or a reason why it could not: the plugin then falls back to
-        ``stop()`` + ``start()`` and says so in the report.
+        ``stop()`` + ``start()`` and says so in the report.  Not to be confused with a power
+        reset (:class:`.capabilities.Reset`), which a driver may also have.
         """
-        return f"driver {self.name!r} cannot reset with {mode!r}"
+        return f"driver {self.name!r} cannot restore with reset: {mode}"
 
     def require_started(self, what: str) -> None:
         if not self.started:

@@ -47,6 +47,8 @@ class DriverError(JumpstarterError):
 
     def __init__(self, device: str, message: str) -> None:
         self.device = device
+        #: What went wrong, without the device prefix (for an error that wraps this one).
+        self.message = message
         super().__init__(f"device {device!r}: {message}")
 
 
@@ -115,12 +117,48 @@ class BoardPanic(DriverError):
         super().__init__(device, f"console showed {pattern!r}\nlast console lines:\n{_indent(console_tail)}")
 
 
+class BoardReset(DriverError):
+    """The board restarted while a command ran on its console (its banner showed up again)."""
+
+    def __init__(self, device: str, command: str, shown: str, console_tail: str) -> None:
+        self.command = command
+        self.shown = shown
+        self.console_tail = console_tail
+        super().__init__(
+            device,
+            f"the board reset while running {command!r} (console showed {shown!r})\n"
+            f"last console lines:\n{_indent(console_tail)}",
+        )
+
+
 class FlashError(DriverError):
     """A flash or its verification failed; the message names the method and the chunk or offset."""
 
 
 class TunnelError(DriverError):
     """A network forward could not be made or used; the message names the board and the port."""
+
+
+class CommandNotFound(DriverError):
+    """A program the device needs (qemu-img, zstd, ip...) is not installed; the message says how to get it."""
+
+
+class CommandFailed(DriverError):
+    """A short helper command exited non-zero; carries its exit status and the tail of its stderr."""
+
+    def __init__(self, device: str, message: str, *, returncode: int | None, stderr: str = "") -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(device, message)
+
+
+class WaitTimeout(DriverError):
+    """A wait for something (a socket, a process, a state) passed its deadline; says what was awaited."""
+
+    def __init__(self, device: str, what: str, seconds: float, detail: str = "") -> None:
+        self.what = what
+        self.seconds = seconds
+        super().__init__(device, timeout_message(what, seconds, detail))
 
 
 class SshError(DriverError):
@@ -133,6 +171,11 @@ class TransferError(DriverError):
 
 class LockTimeout(JumpstarterError):
     """An exclusive device stayed locked by someone else for longer than we were willing to wait."""
+
+
+def timeout_message(what: str, seconds: float, detail: str = "") -> str:
+    """``timed out after 30s waiting for QEMU to connect (detail)``: one wording for every deadline."""
+    return f"timed out after {seconds:g}s waiting for {what}" + (f" ({detail})" if detail else "")
 
 
 def _indent(text: str, prefix: str = "    ") -> str:

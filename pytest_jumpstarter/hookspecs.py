@@ -6,7 +6,7 @@ Implement them in a ``conftest.py``, a pytest plugin, or a module named in the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @pytest.hookspec
-def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:  # type: ignore[empty-body]
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:  # type: ignore[empty-body]
     """Return driver classes to make available to target descriptions.
 
     Called once per run; every implementation's list is merged.  Two classes with the same
@@ -24,10 +24,10 @@ def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:  # type: ignore[empt
 
 
 @pytest.hookspec
-def pytest_jumpstarter_device_ready(device: Driver, item: pytest.Item | None) -> None:
+def pytest_jumpstarter_device_ready(device: Driver[Any], item: pytest.Item | None) -> None:
     """A device has started (or been reset) and is about to be handed to ``item``."""
 
 
 @pytest.hookspec
-def pytest_jumpstarter_device_teardown(device: Driver, item: pytest.Item | None) -> None:
+def pytest_jumpstarter_device_teardown(device: Driver[Any], item: pytest.Item | None) -> None:
     """A device is about to be stopped.  ``item`` is the last test that used it, if any."""

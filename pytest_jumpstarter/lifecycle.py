@@ -38,7 +38,7 @@ class LiveDevice:
 
     target: TargetDescription
     spec: DeviceSpec
-    driver: Driver
+    driver: Driver[Any]
     workdir: Path
     seq: int
     uses: int = 0
@@ -147,7 +147,7 @@ class DeviceManager:
 
     # --- getting devices -----------------------------------------------------------------------
 
-    def acquire(self, item: pytest.Item, target: TargetDescription, name: str) -> Driver:
+    def acquire(self, item: pytest.Item, target: TargetDescription, name: str) -> Driver[Any]:
         """The started device ``name`` of ``target`` for ``item``: started (refs first) or reset as needed."""
         __tracebackhide__ = True
         used = item.stash.get(ITEM_DEVICES, None)
@@ -217,7 +217,8 @@ class DeviceManager:
             transcript=Transcript(self.redact),
             redact=self.redact,
             progress=self._progress(spec.name),
-            extra=dict(self._extra),
+            # "notify" shows a line on the terminal now (e.g. who holds a remote board we wait for).
+            extra={**self._extra, "notify": self.notify},
             # A test-scoped device boots fresh for each test: nothing to prepare a reset for.
             reset=spec.reset if spec.scope != "test" else "none",
         )
@@ -273,7 +274,7 @@ class DeviceManager:
     def _reset(self, device: LiveDevice, item: pytest.Item) -> None:
         __tracebackhide__ = True
         driver = device.driver
-        reason = driver.reset(device.spec.reset)
+        reason = driver.restore(device.spec.reset)
         if reason is not None:
             # The driver cannot make the device pristine in place: a cold boot can, at its price.
             note = f"{device.spec.name} cold boot because {self.redact(reason)}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from .settings import settings_items
 from .target import TargetDescription
 
 TARGET_PARAM = "_jumpstarter_target"
@@ -57,7 +59,7 @@ def render(targets: Sequence[TargetDescription], sources: Sequence[str], items: 
                     else ""
                 )
             )
-            for key, value in device.settings.items():
+            for key, value in settings_items(device.settings):
                 declared = device.driver.settings.get(key)
                 if declared is not None and not declared.required and declared.default == value:
                     continue  # defaults would drown what the file says
@@ -76,4 +78,8 @@ def render(targets: Sequence[TargetDescription], sources: Sequence[str], items: 
 
 
 def _show(value: Any) -> str:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in settings_items(value)) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
     return str(value) if not isinstance(value, str) else repr(value)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import LockTimeout
+from .waiting import Deadline
 
 #: Where leases live unless the user says otherwise (``--jumpstarter-lock-dir`` / JUMPSTARTER_LOCK_DIR).
 DEFAULT_LOCK_DIR = Path(os.environ.get("JUMPSTARTER_LOCK_DIR", "/tmp/pytest-jumpstarter-locks"))
@@ -98,7 +99,7 @@ class DeviceLease:
         """Take the lease, waiting at most ``timeout`` seconds; ``on_wait`` is told once who we wait for."""
         if self.held:
             raise RuntimeError(f"lease on {self.key!r} is already held by this object; release() it first")
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, f"the lease on {self.key!r}")
         told = False
         while True:
             with self._locked():
@@ -110,14 +111,13 @@ class DeviceLease:
             if not told and on_wait is not None:
                 on_wait(current)
                 told = True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if deadline.expired:
                 raise LockTimeout(
                     f"exclusive device {self.key!r} is held by {current.describe()}; "
                     f"gave up after {timeout:g}s (raise lock_timeout, or end that run)"
                 )
             # Polling the record is the wait: flock cannot wake us when a lease merely expires.
-            time.sleep(min(0.1, remaining))
+            time.sleep(deadline.remaining(0.1))
         self.lost = False
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.key}", daemon=True)

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .lifecycle import DeviceManager, Target
     from .target import Redactor, TargetDescription
 
-ENTRY_POINT_GROUP = "pytest_jumpstarter.drivers"
 ENV_VAR = "JUMPSTARTER_TARGET"
 INI_TARGETS = "jumpstarter_targets"
 TARGET_FIXTURE = "_jumpstarter_target"
@@ -32,7 +31,6 @@ HOW_TO_ENABLE = (
     "needs a target: pass --target=board.yaml, set JUMPSTARTER_TARGET=board.yaml, "
     "or list files under jumpstarter_targets in the ini file"
 )
-ROLE_ATTRIBUTE = "_jumpstarter_role"
 
 
 @dataclass(eq=False)
@@ -40,7 +38,7 @@ class Run:
     """What one pytest run (one xdist worker) knows: its targets, drivers and live devices."""
 
     targets: list[TargetDescription]
-    drivers: Mapping[str, type[Driver]]
+    drivers: Mapping[str, type[Driver[Any]]]
     redact: Redactor
     manager: DeviceManager | None = None
     sources: list[str] = field(default_factory=list)
@@ -120,29 +118,47 @@ def pytest_configure(config: pytest.Config) -> None:
         "device(*roles, **labels): the test needs a target with these device roles and labels "
         '(a label may list acceptable values: arch=("x86_64", "aarch64")); it runs once per fitting target',
     )
+    from .families import register_families
+
+    # Always: the families define device fixtures, which must exist for a device test to skip.
+    family_notes = register_families(config.pluginmanager)
     paths = _target_paths(config)
     if not paths and not config.option.jumpstarter_list:
         return
-    from .target import Redactor, load_targets
+    from .target import Redactor
 
-    drivers, notes = _collect_drivers(config)
-    if paths:
-        from .errors import TargetError
-
-        try:
-            targets = load_targets(
-                [p for p, _ in paths], drivers, displays=[d for _, d in paths], driver_notes=notes
-            )
-        except TargetError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    else:
-        targets = []
+    drivers, targets = _load_targets(config, paths, family_notes)
     redact = Redactor(v for t in targets for v in t.secret_values)
     run = Run(targets=targets, drivers=drivers, redact=redact, sources=[d for _, d in paths])
     config.stash[RUN] = run
     if targets and threading.current_thread() is threading.main_thread():
         # A CI cancel sends SIGTERM: turn it into the same orderly teardown as Ctrl-C.
         run.previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def _load_targets(
+    config: pytest.Config, paths: list[tuple[Path, str]], notes: list[str]
+) -> tuple[dict[str, type[Driver[Any]]], list[TargetDescription]]:
+    from .errors import TargetError
+    from .families import CONFTEST_NOTE, collect_drivers, has_unknown_driver, load_target_conftests
+    from .target import load_targets
+
+    drivers = collect_drivers(config.pluginmanager)
+    files, displays = [p for p, _ in paths], [d for _, d in paths]
+    if not paths:
+        return drivers, []
+    try:
+        return drivers, load_targets(files, drivers, displays=displays, driver_notes=notes)
+    except TargetError as exc:
+        if not has_unknown_driver(exc):
+            raise pytest.UsageError(str(exc)) from None
+    # The driver may come from a conftest.py that pytest loads only when it collects that folder.
+    if load_target_conftests(config, files):
+        drivers = collect_drivers(config.pluginmanager)
+    try:
+        return drivers, load_targets(files, drivers, displays=displays, driver_notes=[*notes, CONFTEST_NOTE])
+    except TargetError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -191,55 +207,6 @@ def _target_paths(config: pytest.Config) -> list[tuple[Path, str]]:
     return []
 
 
-def _collect_drivers(config: pytest.Config) -> tuple[dict[str, type[Driver]], list[str]]:
-    """Register the driver packages of the entry-point group, then gather every driver class."""
-    from importlib.metadata import entry_points
-
-    from .driver import Driver
-
-    pm = config.pluginmanager
-    notes: list[str] = []
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        name = f"jumpstarter-drivers-{ep.name}"
-        if pm.is_blocked(name) or pm.has_plugin(name):
-            continue
-        try:
-            module = ep.load()
-        except Exception as exc:
-            notes.append(
-                f"driver package {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-            )
-            continue
-        if not pm.is_registered(module):
-            pm.register(module, name)
-    drivers: dict[str, type[Driver]] = {}
-    origin: dict[str, str] = {}
-    problems: list[str] = []
-    for impl in reversed(pm.hook.pytest_jumpstarter_add_drivers.get_hookimpls()):
-        where = impl.plugin_name
-        classes = impl.function()
-        if not isinstance(classes, list | tuple):
-            problems.append(f"{where}: pytest_jumpstarter_add_drivers must return a list of Driver classes")
-            continue
-        for cls in classes:
-            label = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)!s}"
-            if not (isinstance(cls, type) and issubclass(cls, Driver)) or not cls.name:
-                problems.append(f"{where}: {label} is not a Driver subclass with a name")
-                continue
-            if cls.name in drivers and drivers[cls.name] is not cls:
-                other = drivers[cls.name]
-                problems.append(
-                    f"driver name {cls.name!r} is provided twice: {other.__module__}.{other.__qualname__} "
-                    f"(from {origin[cls.name]}) and {label} (from {where}); rename one of them"
-                )
-                continue
-            drivers[cls.name] = cls
-            origin[cls.name] = where
-    if problems:
-        raise pytest.UsageError("pytest-jumpstarter driver registration failed:\n  " + "\n  ".join(problems))
-    return drivers, notes
-
-
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     run = config.stash.get(RUN, None)
     if run is None or not run.targets:
@@ -253,92 +220,19 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 # --- which tests need which target ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Needs:
-    roles: tuple[str, ...]
-    labels: Mapping[str, tuple[str, ...]]
-
-    def unmet(self, target: TargetDescription) -> str | None:
-        """Why ``target`` cannot run the test, or None."""
-        missing: list[str] = []
-        for role in self.roles:
-            try:
-                target.resolve(role)
-            except LookupError as exc:
-                missing.append(str(exc))
-        for key, wanted in self.labels.items():
-            have = target.labels.get(key)
-            if have is None:
-                missing.append(f"no label {key!r} (the test needs {key}={_alternatives(wanted)})")
-            elif have not in wanted:
-                missing.append(f"label {key} is {have!r}, the test needs {_alternatives(wanted)}")
-        if not missing:
-            return None
-        return f"target {target.name!r} cannot run this test: " + "; ".join(missing)
-
-
-def _alternatives(values: Sequence[str]) -> str:
-    return " or ".join(repr(v) for v in values)
-
-
-def _label_text(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _needs(markers: Iterable[pytest.Mark], fixture_roles: Iterable[str]) -> Needs:
-    roles: list[str] = []
-    labels: dict[str, tuple[str, ...]] = {}
-    for mark in markers:
-        for role in mark.args:
-            if not isinstance(role, str):
-                raise pytest.UsageError(f"@pytest.mark.device: expected role names (strings), found {role!r}")
-            if role not in roles:
-                roles.append(role)
-        for key, value in mark.kwargs.items():
-            values = (
-                tuple(_label_text(v) for v in value)
-                if isinstance(value, list | tuple | set)
-                else (_label_text(value),)
-            )
-            # Markers closer to the test come first; a label narrowed twice must fit both.
-            labels[key] = tuple(v for v in labels[key] if v in values) if key in labels else values
-    for role in fixture_roles:
-        if role not in roles:
-            roles.append(role)
-    return Needs(tuple(roles), labels)
-
-
-def _fixture_roles(metafunc: pytest.Metafunc) -> list[str]:
-    """Roles of the device fixtures (made by :func:`device_fixture`) the test uses, directly or not."""
-    # Metafunc has no public view of the fixture definitions; this attribute has been stable for years.
-    defs: Mapping[str, Sequence[Any]] = getattr(metafunc, "_arg2fixturedefs", {})
-    roles = []
-    for name in metafunc.fixturenames:
-        fixturedefs = defs.get(name)
-        if fixturedefs:
-            role = getattr(fixturedefs[-1].func, ROLE_ATTRIBUTE, None)
-            if role is not None:
-                roles.append(role)
-    return roles
-
-
-def _is_device_test(markers: Sequence[pytest.Mark], fixturenames: Iterable[str]) -> bool:
-    return bool(markers) or "target" in fixturenames
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     run = metafunc.config.stash.get(RUN, None)
     if run is None or not run.targets:
         return
+    from .selection import fixture_roles, is_device_test, needs
+
     markers = list(metafunc.definition.iter_markers("device"))
-    if not _is_device_test(markers, metafunc.fixturenames):
+    if not is_device_test(markers, metafunc.fixturenames):
         return
-    needs = _needs(markers, _fixture_roles(metafunc))
+    wanted = needs(markers, fixture_roles(metafunc))
     params = []
     for target in run.targets:
-        reason = needs.unmet(target)
+        reason = wanted.unmet(target)
         marks = (pytest.mark.skip(reason=reason),) if reason else ()
         params.append(pytest.param(target.name, id=target.name, marks=marks))
     metafunc.parametrize(TARGET_FIXTURE, params, indirect=True, scope="session")
@@ -500,10 +394,12 @@ def target(
 def device_fixture(role: str, *, name: str | None = None, doc: str | None = None) -> Any:
     """A fixture giving the device that serves ``role`` on the current target, started for the test.
 
-    The built-in ``console``, ``qemu_vm``, ``flasher`` and ``net_tunnel`` fixtures are made by it; a
-    driver package makes its own the same way: ``my_probe = device_fixture("my_probe")``.  A test
-    using such a fixture is a device test (as if marked ``@pytest.mark.device(role)``).
+    Each driver family makes the fixtures of its roles with it (``console`` in the serial family,
+    ``qemu_vm``, ``flasher``, ``net_tunnel`` in theirs); a third-party package does the same:
+    ``my_probe = device_fixture("my_probe")`` at the top of its module.  A test using such a fixture
+    is a device test (as if marked ``@pytest.mark.device(role)``).
     """
+    from .selection import ROLE_ATTRIBUTE
 
     def fixture(target: Target) -> Any:
         __tracebackhide__ = True
@@ -513,9 +409,3 @@ def device_fixture(role: str, *, name: str | None = None, doc: str | None = None
     fixture.__doc__ = doc or f"The device serving role {role!r} on the current target, started for this test."
     setattr(fixture, ROLE_ATTRIBUTE, role)
     return pytest.fixture(name=name or role)(fixture)
-
-
-console = device_fixture("console", doc="The console device (e.g. driver serial) of the current target.")
-qemu_vm = device_fixture("qemu_vm", doc="The QEMU board (driver qemu) of the current target.")
-flasher = device_fixture("flasher", doc="The flasher device of the current target.")
-net_tunnel = device_fixture("net_tunnel", doc="The network tunnel device of the current target.")

@@ -1,28 +1,38 @@
 """Flashers: write an image onto a board's storage and prove it arrived.
 
-Methods (``driver:`` in a target description, role ``flasher``): ``block`` (a block device or
-image file), ``qemu-disk`` (a QEMU board's disk while it is off), ``uboot-tftp`` (U-Boot pulls the
-image over TFTP in RAM-sized chunks and writes it), ``dfu`` (USB DFU 1.1 over pyusb).
+Methods (``driver:`` in a target description, role ``flasher``, this family's fixture): ``block``
+(a block device or image file), ``qemu-disk`` (a QEMU board's disk while it is off), ``uboot-tftp``
+(U-Boot pulls the image over TFTP in RAM-sized chunks and writes it), ``dfu`` (USB DFU 1.1 over
+pyusb).  Importing this module is cheap; the drivers load with a target.  Test doubles (a software
+DFU device) are in :mod:`.testing`.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import pytest
 
-from pytest_jumpstarter.driver import Driver
+from pytest_jumpstarter import device_fixture
 
-from .base import Destination, FlasherDriver
-from .block import BlockFlasher
-from .dfu import DfuFlasher
-from .qemu_disk import QemuDiskFlasher
-from .uboot import UBootTftpFlasher
+if TYPE_CHECKING:
+    from pytest_jumpstarter.driver import Driver
 
+    from .base import Destination, FlasherDriver
+    from .block import BlockFlasher
+    from .dfu import DfuFlasher
+    from .qemu_disk import QemuDiskFlasher
+    from .uboot import UBootTftpFlasher
 
-@pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
-    return [BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher]
-
-
+_WHERE = {
+    "BlockFlasher": "block",
+    "Destination": "base",
+    "DfuFlasher": "dfu",
+    "FlasherDriver": "base",
+    "QemuDiskFlasher": "qemu_disk",
+    "UBootTftpFlasher": "uboot",
+}
 __all__ = [
     "BlockFlasher",
     "Destination",
@@ -31,3 +41,22 @@ __all__ = [
     "QemuDiskFlasher",
     "UBootTftpFlasher",
 ]
+
+flasher = device_fixture("flasher", doc="The flasher device of the current target.")
+
+
+@pytest.hookimpl
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
+    from .block import BlockFlasher
+    from .dfu import DfuFlasher
+    from .qemu_disk import QemuDiskFlasher
+    from .uboot import UBootTftpFlasher
+
+    return [BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{where}", __name__), name)

@@ -22,13 +22,12 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pytest_jumpstarter.capabilities import FlashResult
 from pytest_jumpstarter.driver import Driver
 from pytest_jumpstarter.errors import FlashError
-from pytest_jumpstarter.settings import Setting, SettingValueError, coerce
+from pytest_jumpstarter.settings import SettingValueError, describe, setting
 
 from .image import BLOCK_SIZE, Image, ImageError, open_image, zero_block
 from .progress import MIB, Progress
@@ -57,37 +56,65 @@ class Destination:
 _PARTITION = re.compile(r"^\s*(?:(?P<storage>[^:+\s]+):)?(?P<offset>[^+\s]+)(?:\s*\+\s*(?P<size>\S+))?\s*$")
 
 
-class FlasherDriver(Driver):
-    """Base of the flasher methods; ``name`` is the method as ``driver:`` names it."""
+def _partition_shorthand(value: object) -> object:
+    """``'[STORAGE:]OFFSET[+SIZE]'`` (``'disk0:1M+64M'``, ``'4M'``) as the partition's settings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    m = _PARTITION.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise SettingValueError(
+            "expected '[STORAGE:]OFFSET[+SIZE]' such as 'disk:1M+64M', or {offset: 1M, size: 64M}, "
+            f"found {describe(value)}"
+        )
+    parts = {"offset": m.group("offset")}
+    if m.group("storage"):
+        parts["storage"] = m.group("storage")
+    if m.group("size"):
+        parts["size"] = m.group("size")
+    return parts
+
+
+@dataclass(frozen=True, kw_only=True)
+class Partition:
+    """A named region of a storage, ``flash(image, target=NAME)``."""
+
+    offset: int = setting(kind="size", doc="where it starts, in bytes (1M, 4096, ...)")
+    size: int | None = setting(None, kind="size", doc="how long it is (default: to the storage's end)")
+    storage: str | None = setting(None, doc="the storage it is on (default: the method's default storage)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlasherSettings:
+    """What every flasher method accepts."""
+
+    partitions: dict[str, Partition] = setting(
+        {},
+        shorthand=_partition_shorthand,
+        doc="named regions: 'NAME: [STORAGE:]OFFSET[+SIZE]' (sizes such as 1M) or "
+        "NAME: {offset, size, storage}; flash(img, target=NAME)",
+    )
+    progress_interval: float = setting(5.0, kind="duration", doc="at most one progress line this often")
+    download_timeout: float = setting(30.0, kind="duration", doc="deadline for each read of an image URL")
+    checksum: str = setting(
+        "crc32",
+        choices=("crc32", "sha256"),
+        doc="the image checksum reported: crc32 (free) or sha256 (one more pass over every byte)",
+    )
+
+
+FS = TypeVar("FS", bound=FlasherSettings)
+
+
+class FlasherDriver(Driver[FS]):
+    """Base of the flasher methods; ``name`` is the method as ``driver:`` names it.
+
+    A method declares its settings as a dataclass derived from :class:`FlasherSettings`:
+    ``class BlockFlasher(FlasherDriver[BlockSettings])``.
+    """
 
     role = "flasher"
     #: The storage written when ``flash()`` is given no target.
     default_storage: ClassVar[str] = "disk"
-
-    common_settings: ClassVar[dict[str, Setting]] = {
-        "board": Setting("ref", default=None, doc="the board this flasher acts on"),
-        "partitions": Setting(
-            "mapping",
-            default={},
-            doc="named regions: 'NAME: [STORAGE:]OFFSET[+SIZE]' (sizes such as 1M), flash(img, target=NAME)",
-        ),
-        "progress_interval": Setting("duration", default=5.0, doc="at most one progress line this often"),
-        "download_timeout": Setting("duration", default=30.0, doc="deadline for each read of an image URL"),
-        "checksum": Setting(
-            "str",
-            default="crc32",
-            choices=("crc32", "sha256"),
-            doc="the image checksum reported: crc32 (free) or sha256 (one more pass over every byte)",
-        ),
-    }
-
-    @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-        for name, spec in settings.get("partitions", {}).items():
-            try:
-                _parse_partition(str(name), str(spec), cls.default_storage)
-            except SettingValueError as exc:
-                yield f"partitions.{name}", str(exc)
 
     # --- what a method provides ---------------------------------------------------------------
 
@@ -114,17 +141,13 @@ class FlasherDriver(Driver):
 
     # --- the shared flash loop ----------------------------------------------------------------
 
-    @property
-    def board(self) -> Any:
-        return self.ctx.refs.get("board")
-
     def resolve(self, target: str | None) -> Destination:
         """The :class:`Destination` for a storage or partition name (``None``: the default storage)."""
         if target is None:
             return Destination(self.default_storage, self.default_storage)
-        partitions = self.ctx.settings.get("partitions", {})
+        partitions = self.ctx.settings.partitions
         if target in partitions:
-            return _parse_partition(target, str(partitions[target]), self.default_storage)
+            return self.partition(target)
         if target in self.storages():
             return Destination(target, target)
         known = ", ".join(repr(n) for n in [*self.storages(), *partitions]) or "none"
@@ -133,6 +156,11 @@ class FlasherDriver(Driver):
             f"{self.name}: no storage or partition named {target!r}; known: {known} "
             "(add it under 'partitions:' in the target description)",
         )
+
+    def partition(self, name: str) -> Destination:
+        """The :class:`Destination` of partition ``name`` of the settings."""
+        part = self.ctx.settings.partitions[name]
+        return Destination(name, part.storage or self.default_storage, part.offset, part.size)
 
     def flash(
         self,
@@ -168,17 +196,10 @@ class FlasherDriver(Driver):
         settings = self.ctx.settings
         self.verifying = verify
         try:
-            with open_image(
-                source,
-                timeout=settings.get("download_timeout", 30.0),
-                checksum=settings.get("checksum", "crc32"),
-            ) as image:
+            with open_image(source, timeout=settings.download_timeout, checksum=settings.checksum) as image:
                 what = f"{self.device_name} ({self.name}) {image.name} -> {dest.name}"
                 progress = Progress(
-                    self.ctx.progress,
-                    what,
-                    image.expected_size,
-                    interval=settings.get("progress_interval", 5.0),
+                    self.ctx.progress, what, image.expected_size, interval=settings.progress_interval
                 )
                 written = self.write(dest, image, progress)
                 if dest.size is not None and image.digest.size > dest.size:
@@ -205,21 +226,11 @@ class FlasherDriver(Driver):
         return FlashError(self.device_name, f"{self.name} flash of {dest.describe()}: {message}")
 
 
-def _parse_partition(name: str, spec: str, default_storage: str) -> Destination:
-    m = _PARTITION.match(spec)
-    if not m:
-        raise SettingValueError(f"expected '[STORAGE:]OFFSET[+SIZE]' such as 'disk:1M+64M', found {spec!r}")
-    size_setting = Setting("size")
-    offset = coerce(size_setting, m.group("offset"), Path())
-    size = coerce(size_setting, m.group("size"), Path()) if m.group("size") else None
-    return Destination(name, m.group("storage") or default_storage, offset, size)
-
-
 # --- file and block-device targets (block, qemu-disk) -------------------------------------------
 
 
 def write_blocks(
-    flasher: FlasherDriver,
+    flasher: FlasherDriver[Any],
     dest: Destination,
     fd: int,
     image: Image,
@@ -267,7 +278,7 @@ def write_blocks(
     return written
 
 
-def _pwrite_all(flasher: FlasherDriver, dest: Destination, fd: int, data: bytes, position: int) -> None:
+def _pwrite_all(flasher: FlasherDriver[Any], dest: Destination, fd: int, data: bytes, position: int) -> None:
     view = memoryview(data)
     while view:
         try:
@@ -282,7 +293,7 @@ def _pwrite_all(flasher: FlasherDriver, dest: Destination, fd: int, data: bytes,
         position += count
 
 
-def _zero_range(flasher: FlasherDriver, dest: Destination, fd: int, run: list[int], zeros: str) -> int:
+def _zero_range(flasher: FlasherDriver[Any], dest: Destination, fd: int, run: list[int], zeros: str) -> int:
     if not run:
         return 0
     start, end = run
@@ -300,7 +311,7 @@ def _zero_range(flasher: FlasherDriver, dest: Destination, fd: int, run: list[in
 
 
 def verify_blocks(
-    flasher: FlasherDriver, dest: Destination, fd: int, image: Image, progress: Progress
+    flasher: FlasherDriver[Any], dest: Destination, fd: int, image: Image, progress: Progress
 ) -> None:
     """Read the image's extent back from ``fd`` and compare block CRCs; name the first difference."""
     digest = image.digest
@@ -379,6 +390,8 @@ __all__ = [
     "MIB",
     "Destination",
     "FlasherDriver",
+    "FlasherSettings",
+    "Partition",
     "dump_file",
     "verify_blocks",
     "write_blocks",

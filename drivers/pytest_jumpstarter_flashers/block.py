@@ -8,30 +8,33 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import setting
 
-from .base import Destination, FlasherDriver, dump_file, verify_blocks, write_blocks
+from .base import Destination, FlasherDriver, FlasherSettings, dump_file, verify_blocks, write_blocks
 from .image import Image
 from .progress import Progress
 
 
-class BlockFlasher(FlasherDriver):
+@dataclass(frozen=True, kw_only=True)
+class BlockSettings(FlasherSettings):
+    path: Path = setting(doc="the block device (/dev/sdX) or image file to write")
+    create: bool = setting(True, doc="create the image file if it does not exist")
+
+
+class BlockFlasher(FlasherDriver[BlockSettings]):
     """Flashes a block device or an image file named by ``path``."""
 
     name = "block"
     default_storage = "disk"
-    settings = {
-        **FlasherDriver.common_settings,
-        "path": Setting("path", doc="the block device (/dev/sdX) or image file to write"),
-        "create": Setting("bool", default=True, doc="create the image file if it does not exist"),
-    }
 
     def _open(self, dest: Destination, for_write: bool) -> int:
-        path = self.ctx.settings["path"]
+        path = self.ctx.settings.path
         flags = os.O_CLOEXEC | (os.O_RDWR if for_write else os.O_RDONLY)
-        if for_write and self.ctx.settings.get("create", True):
+        if for_write and self.ctx.settings.create:
             flags |= os.O_CREAT
         try:
             return os.open(path, flags, 0o644)

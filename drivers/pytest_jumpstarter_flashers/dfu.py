@@ -12,232 +12,63 @@ Every failure is a :class:`FlashError` naming the block and offset, the device's
 (``errWRITE``...) and state, and what was expected; a stall (pipe error) is followed by a
 GETSTATUS to say why, and the device is left in ``dfuIDLE`` when it can still be reached.
 
-``backend: simulated`` uses :mod:`.dfu_sim` (a software device behind pyusb's backend interface).
+``backend: simulated`` uses :mod:`.testing.dfu_sim` (a software device behind pyusb's backend interface).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import time
 import zlib
 from dataclasses import dataclass
-from enum import IntEnum
 from os import PathLike
 from typing import Any
 
 import usb.core
 import usb.util
 
+from pytest_jumpstarter.driver import DeviceContext
 from pytest_jumpstarter.errors import DriverError, FlashError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import setting
 
-from .base import Destination, FlasherDriver
+from .base import Destination, FlasherDriver, FlasherSettings
+from .dfu_protocol import (
+    REQUEST_IN,
+    REQUEST_OUT,
+    DfuSession,
+    DfuStatus,
+    Functional,
+    ProtocolFault,
+    Request,
+    State,
+    Status,
+    is_gone,
+    is_stall,
+)
 from .image import Image, ImageError
 from .progress import Progress
 
-_OUT = 0x21  # host-to-device, class, interface
-_IN = 0xA1  # device-to-host, class, interface
-_FUNCTIONAL = 0x21  # DFU functional descriptor type
+
+@dataclass(frozen=True, kw_only=True)
+class DfuSettings(FlasherSettings):
+    vendor_id: int | None = setting(None, doc="USB idVendor (e.g. 0x0483)")
+    product_id: int | None = setting(None, doc="USB idProduct in DFU or run-time mode")
+    serial: str | None = setting(None, doc="USB serial number, when several devices match")
+    backend: str = setting("libusb", choices=("libusb", "simulated"), doc="pyusb backend")
+    simulated_size: int = setting(64 * 1024 * 1024, kind="size", doc="storage of the simulated device")
+    simulated_alts: list[str] = setting(["flash"], doc="alternate settings of the simulated device")
+    request_timeout: float = setting(5.0, kind="duration", doc="deadline of one USB control request")
+    detach_timeout: float = setting(10.0, kind="duration", doc="wait for the device in DFU mode after detach")
+    manifest_timeout: float = setting(60.0, kind="duration", doc="deadline for manifestation")
+    find_timeout: float = setting(2.0, kind="duration", doc="how long to look for the device on the bus")
 
 
-class Request(IntEnum):
-    DETACH = 0
-    DNLOAD = 1
-    UPLOAD = 2
-    GETSTATUS = 3
-    CLRSTATUS = 4
-    GETSTATE = 5
-    ABORT = 6
-
-
-class State(IntEnum):
-    appIDLE = 0
-    appDETACH = 1
-    dfuIDLE = 2
-    dfuDNLOAD_SYNC = 3
-    dfuDNBUSY = 4
-    dfuDNLOAD_IDLE = 5
-    dfuMANIFEST_SYNC = 6
-    dfuMANIFEST = 7
-    dfuMANIFEST_WAIT_RESET = 8
-    dfuUPLOAD_IDLE = 9
-    dfuERROR = 10
-
-
-class Status(IntEnum):
-    OK = 0x00
-    errTARGET = 0x01
-    errFILE = 0x02
-    errWRITE = 0x03
-    errERASE = 0x04
-    errCHECK_ERASED = 0x05
-    errPROG = 0x06
-    errVERIFY = 0x07
-    errADDRESS = 0x08
-    errNOTDONE = 0x09
-    errFIRMWARE = 0x0A
-    errVENDOR = 0x0B
-    errUSBR = 0x0C
-    errPOR = 0x0D
-    errUNKNOWN = 0x0E
-    errSTALLEDPKT = 0x0F
-
-
-def _name(enum: type[IntEnum], value: int) -> str:
-    try:
-        return enum(value).name.replace("_", "-")
-    except ValueError:
-        return f"unknown({value})"
-
-
-@dataclass(frozen=True)
-class DfuStatus:
-    status: int
-    poll_timeout_ms: int
-    state: int
-
-    def __str__(self) -> str:
-        return f"status {_name(Status, self.status)}, state {_name(State, self.state)}"
-
-
-@dataclass(frozen=True)
-class Functional:
-    """The DFU functional descriptor: what the device can do and its transfer size."""
-
-    can_download: bool
-    can_upload: bool
-    manifestation_tolerant: bool
-    will_detach: bool
-    detach_timeout_ms: int
-    transfer_size: int
-
-    @classmethod
-    def parse(cls, extra: Any) -> Functional | None:
-        raw = bytes(extra or b"")
-        while len(raw) >= 2:
-            length, kind = raw[0], raw[1]
-            if length < 2:
-                break
-            if kind == _FUNCTIONAL and length >= 7:
-                attributes = raw[2]
-                return cls(
-                    can_download=bool(attributes & 0x01),
-                    can_upload=bool(attributes & 0x02),
-                    manifestation_tolerant=bool(attributes & 0x04),
-                    will_detach=bool(attributes & 0x08),
-                    detach_timeout_ms=raw[3] | raw[4] << 8,
-                    transfer_size=raw[5] | raw[6] << 8,
-                )
-            raw = raw[length:]
-        return None
-
-
-class _Fault(Exception):
-    """A protocol failure, turned into a FlashError with the destination by the driver."""
-
-
-class DfuSession:
-    """The DFU protocol on one interface of one opened device."""
-
-    def __init__(self, device: Any, interface: int, functional: Functional, timeout_ms: int) -> None:
-        self.device = device
-        self.interface = interface
-        self.functional = functional
-        self.timeout_ms = timeout_ms
-
-    # --- single requests ------------------------------------------------------------------------
-
-    def _out(self, request: Request, value: int, data: bytes | int = 0) -> None:
-        self.device.ctrl_transfer(_OUT, request, value, self.interface, data, self.timeout_ms)
-
-    def get_status(self) -> DfuStatus:
-        reply = bytes(
-            self.device.ctrl_transfer(_IN, Request.GETSTATUS, 0, self.interface, 6, self.timeout_ms)
-        )
-        if len(reply) != 6:
-            raise _Fault(
-                f"bad GETSTATUS reply: expected 6 bytes, got {len(reply)} ({reply.hex() or 'nothing'})"
-            )
-        state = reply[4]
-        if state > max(State):
-            raise _Fault(f"bad GETSTATUS reply: state {state} is not a DFU 1.1 state ({reply.hex()})")
-        return DfuStatus(reply[0], reply[1] | reply[2] << 8 | reply[3] << 16, state)
-
-    def get_state(self) -> int:
-        reply = bytes(self.device.ctrl_transfer(_IN, Request.GETSTATE, 0, self.interface, 1, self.timeout_ms))
-        if len(reply) != 1:
-            raise _Fault(f"bad GETSTATE reply: expected 1 byte, got {len(reply)}")
-        return reply[0]
-
-    def wait_while_busy(self, status: DfuStatus, busy: tuple[State, ...], deadline: float) -> DfuStatus:
-        """Poll GETSTATUS, waiting the device's ``bwPollTimeout`` before each, while it is busy."""
-        while status.state in busy and status.status == Status.OK:
-            if time.monotonic() + status.poll_timeout_ms / 1000 > deadline:
-                raise _Fault(f"device still busy ({status}) at the deadline")
-            if status.poll_timeout_ms:
-                # The device said how long it will not answer (it is programming its flash).
-                time.sleep(status.poll_timeout_ms / 1000)
-            status = self.get_status()
-        return status
-
-    def to_idle(self) -> None:
-        """Bring the interface to dfuIDLE from wherever an earlier run left it."""
-        status = self.get_status()
-        if status.state == State.dfuERROR:
-            self._out(Request.CLRSTATUS, 0)
-        elif status.state in (State.dfuDNLOAD_IDLE, State.dfuUPLOAD_IDLE):
-            self._out(Request.ABORT, 0)
-        elif status.state in (State.dfuDNLOAD_SYNC, State.dfuDNBUSY, State.dfuMANIFEST_SYNC):
-            status = self.wait_while_busy(
-                status, (State.dfuDNBUSY, State.dfuDNLOAD_SYNC, State.dfuMANIFEST_SYNC), time.monotonic() + 10
-            )
-            if status.state == State.dfuERROR:
-                self._out(Request.CLRSTATUS, 0)
-            elif status.state != State.dfuIDLE:
-                self._out(Request.ABORT, 0)
-        state = self.get_state()
-        if state != State.dfuIDLE:
-            raise _Fault(f"cannot bring the device to dfuIDLE: it stays in {_name(State, state)}")
-
-    def recover(self) -> None:
-        """Best effort after a failure: CLRSTATUS/ABORT so the next flash starts clean."""
-        with contextlib.suppress(usb.core.USBError, _Fault):
-            self.to_idle()
-
-
-def _is_gone(exc: usb.core.USBError) -> bool:
-    return exc.errno == errno.ENODEV or getattr(exc, "backend_error_code", None) == -4
-
-
-def _is_stall(exc: usb.core.USBError) -> bool:
-    return exc.errno == errno.EPIPE or getattr(exc, "backend_error_code", None) == -9
-
-
-class DfuFlasher(FlasherDriver):
+class DfuFlasher(FlasherDriver[DfuSettings]):
     """Flashes a USB DFU 1.1 device; targets are its alternate settings, by name or number."""
 
     name = "dfu"
     default_storage = "0"
-    settings = {
-        **FlasherDriver.common_settings,
-        "vendor_id": Setting("int", default=None, doc="USB idVendor (e.g. 0x0483)"),
-        "product_id": Setting("int", default=None, doc="USB idProduct in DFU or run-time mode"),
-        "serial": Setting("str", default=None, doc="USB serial number, when several devices match"),
-        "backend": Setting("str", default="libusb", choices=("libusb", "simulated"), doc="pyusb backend"),
-        "simulated_size": Setting("size", default=64 * 1024 * 1024, doc="storage of the simulated device"),
-        "simulated_alts": Setting(
-            "list", default=["flash"], doc="alternate settings of the simulated device"
-        ),
-        "request_timeout": Setting("duration", default=5.0, doc="deadline of one USB control request"),
-        "detach_timeout": Setting(
-            "duration", default=10.0, doc="wait for the device in DFU mode after detach"
-        ),
-        "manifest_timeout": Setting("duration", default=60.0, doc="deadline for manifestation"),
-        "find_timeout": Setting("duration", default=2.0, doc="how long to look for the device on the bus"),
-    }
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DeviceContext[DfuSettings]) -> None:
         super().__init__(ctx)
         self.simulator: Any = None
         self.backend: Any = None
@@ -248,17 +79,17 @@ class DfuFlasher(FlasherDriver):
     def start(self) -> None:
         settings = self.ctx.settings
         self.backend = self.ctx.extra.get("usb_backend")
-        if self.backend is None and settings.get("backend") == "simulated":
-            from .dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
+        if self.backend is None and settings.backend == "simulated":
+            from .testing.dfu_sim import SimulatedDfuBackend, SimulatedDfuDevice
 
             self.simulator = SimulatedDfuDevice(
-                alt_names=tuple(settings.get("simulated_alts", ["flash"])),
-                size=settings.get("simulated_size", 64 * 1024 * 1024),
+                alt_names=tuple(settings.simulated_alts),
+                size=settings.simulated_size,
             )
             self.backend = SimulatedDfuBackend(self.simulator)
         elif self.backend is not None:
             self.simulator = getattr(self.backend, "device", None)
-        device = self._find(deadline=time.monotonic() + settings.get("find_timeout", 2.0))
+        device = self._find(deadline=time.monotonic() + settings.find_timeout)
         if device is None:
             raise DriverError(
                 self.device_name, f"dfu: no USB device matches {self._wanted()}: is it plugged in?"
@@ -269,12 +100,12 @@ class DfuFlasher(FlasherDriver):
     def _wanted(self) -> str:
         s = self.ctx.settings
         parts = []
-        if s.get("vendor_id") is not None:
-            parts.append(f"idVendor {s['vendor_id']:#06x}")
-        if s.get("product_id") is not None:
-            parts.append(f"idProduct {s['product_id']:#06x}")
-        if s.get("serial"):
-            parts.append(f"serial {s['serial']!r}")
+        if s.vendor_id is not None:
+            parts.append(f"idVendor {s.vendor_id:#06x}")
+        if s.product_id is not None:
+            parts.append(f"idProduct {s.product_id:#06x}")
+        if s.serial:
+            parts.append(f"serial {s.serial!r}")
         return ", ".join(parts) + " with a DFU interface" if parts else "any device with a DFU interface"
 
     def _dfu_interfaces(self, device: Any) -> list[Any]:
@@ -288,16 +119,16 @@ class DfuFlasher(FlasherDriver):
         s = self.ctx.settings
 
         def match(device: Any) -> bool:
-            if s.get("vendor_id") is not None and device.idVendor != s["vendor_id"]:
+            if s.vendor_id is not None and device.idVendor != s.vendor_id:
                 return False
-            if s.get("product_id") is not None and device.idProduct != s["product_id"] and not dfu_mode:
+            if s.product_id is not None and device.idProduct != s.product_id and not dfu_mode:
                 return False
             interfaces = self._dfu_interfaces(device)
             if not interfaces or (dfu_mode and interfaces[0].bInterfaceProtocol != 2):
                 return False
-            if s.get("serial"):
+            if s.serial:
                 try:
-                    return bool(usb.util.get_string(device, device.iSerialNumber) == s["serial"])
+                    return bool(usb.util.get_string(device, device.iSerialNumber) == s.serial)
                 except (usb.core.USBError, ValueError):
                     return False
             return True
@@ -332,8 +163,8 @@ class DfuFlasher(FlasherDriver):
 
     def _open(self, dest: Destination) -> DfuSession:
         """Find the device, in DFU mode (detaching it if needed), with ``dest``'s alternate setting."""
-        timeout_ms = int(self.ctx.settings.get("request_timeout", 5.0) * 1000)
-        device = self._find(deadline=time.monotonic() + self.ctx.settings.get("find_timeout", 2.0))
+        timeout_ms = int(self.ctx.settings.request_timeout * 1000)
+        device = self._find(deadline=time.monotonic() + self.ctx.settings.find_timeout)
         if device is None:
             raise self.fail(dest, f"no USB device matches {self._wanted()} (unplugged?)")
         interfaces = self._dfu_interfaces(device)
@@ -367,20 +198,20 @@ class DfuFlasher(FlasherDriver):
     ) -> Any:
         wait = min(functional.detach_timeout_ms, 0xFFFF) or 1000
         try:
-            device.ctrl_transfer(_OUT, Request.DETACH, wait, interface, 0, timeout_ms)
+            device.ctrl_transfer(REQUEST_OUT, Request.DETACH, wait, interface, 0, timeout_ms)
             if not functional.will_detach:
                 device.reset()
         except usb.core.USBError as exc:
-            if not _is_gone(exc):  # a device that detaches at once may vanish under the request
+            if not is_gone(exc):  # a device that detaches at once may vanish under the request
                 raise self.fail(dest, f"DFU_DETACH failed: {exc}") from exc
         usb.util.dispose_resources(device)
-        deadline = time.monotonic() + self.ctx.settings.get("detach_timeout", 10.0)
+        deadline = time.monotonic() + self.ctx.settings.detach_timeout
         found = self._find(deadline, dfu_mode=True)
         if found is None:
             raise self.fail(
                 dest,
                 f"after DFU_DETACH the device did not come back in DFU mode within "
-                f"{self.ctx.settings.get('detach_timeout', 10.0)}s",
+                f"{self.ctx.settings.detach_timeout}s",
             )
         self._alts = {name: alt for alt, name in self._alt_names(found).items()}
         return found
@@ -410,7 +241,7 @@ class DfuFlasher(FlasherDriver):
                 offset += len(pending)
                 block_number = (block_number + 1) & 0xFFFF
             self._manifest(session, dest, block_number, offset)
-        except _Fault as exc:
+        except ProtocolFault as exc:
             session.recover()
             raise self.fail(dest, str(exc)) from exc
         except ImageError:
@@ -435,13 +266,15 @@ class DfuFlasher(FlasherDriver):
             )
         except usb.core.USBError as exc:
             raise self._usb_failure(session, dest, f"DFU_GETSTATUS after {where}", exc) from exc
-        except _Fault as exc:
-            raise _Fault(f"{where}: {exc}") from exc
+        except ProtocolFault as exc:
+            raise ProtocolFault(f"{where}: {exc}") from exc
         if status.status != Status.OK or status.state != State.dfuDNLOAD_IDLE:
-            raise _Fault(f"{where}: expected status OK, state dfuDNLOAD-IDLE; device reported {status}")
+            raise ProtocolFault(
+                f"{where}: expected status OK, state dfuDNLOAD-IDLE; device reported {status}"
+            )
 
     def _manifest(self, session: DfuSession, dest: Destination, number: int, size: int) -> None:
-        deadline = time.monotonic() + self.ctx.settings.get("manifest_timeout", 60.0)
+        deadline = time.monotonic() + self.ctx.settings.manifest_timeout
         where = f"manifestation after {size} bytes"
         try:
             session._out(Request.DNLOAD, number, b"")
@@ -456,19 +289,19 @@ class DfuFlasher(FlasherDriver):
         except usb.core.USBError as exc:
             raise self._usb_failure(session, dest, where, exc) from exc
         if status.status != Status.OK or status.state not in (State.dfuIDLE, State.dfuMANIFEST_WAIT_RESET):
-            raise _Fault(f"{where}: expected status OK, state dfuIDLE; device reported {status}")
+            raise ProtocolFault(f"{where}: expected status OK, state dfuIDLE; device reported {status}")
         if status.state == State.dfuMANIFEST_WAIT_RESET:
             session.device.reset()
 
     def _usb_failure(
         self, session: DfuSession, dest: Destination, what: str, exc: usb.core.USBError
     ) -> FlashError:
-        if _is_gone(exc):
+        if is_gone(exc):
             return self.fail(dest, f"{what}: the device vanished from the bus (unplugged or reset): {exc}")
-        if _is_stall(exc):
+        if is_stall(exc):
             try:
                 status: DfuStatus | str = session.get_status()
-            except (usb.core.USBError, _Fault) as why:
+            except (usb.core.USBError, ProtocolFault) as why:
                 status = f"GETSTATUS failed too: {why}"
             session.recover()
             return self.fail(dest, f"{what}: the device stalled the request (pipe error); then {status}")
@@ -492,12 +325,12 @@ class DfuFlasher(FlasherDriver):
                 length = min(digest.block_size, digest.size - offset)
                 data = reader.read(length)
                 if len(data) != length:
-                    raise _Fault(
+                    raise ProtocolFault(
                         f"verify: upload ended at offset {offset + len(data)}, expected {digest.size} bytes"
                     )
                 found = zlib.crc32(data)
                 if found != expected:
-                    raise _Fault(
+                    raise ProtocolFault(
                         f"verify: block {index} (offset {offset}, {length} bytes) differs: expected CRC32 "
                         f"{expected:08x}, found {found:08x}"
                     )
@@ -506,7 +339,7 @@ class DfuFlasher(FlasherDriver):
                 session._out(Request.ABORT, 0)
         except usb.core.USBError as exc:
             raise self._usb_failure(session, dest, "DFU_UPLOAD (verify)", exc) from exc
-        except _Fault as exc:
+        except ProtocolFault as exc:
             session.recover()
             raise self.fail(dest, str(exc)) from exc
         finally:
@@ -526,7 +359,7 @@ class DfuFlasher(FlasherDriver):
             if session.get_state() == State.dfuUPLOAD_IDLE:
                 session._out(Request.ABORT, 0)
             return copied
-        except (usb.core.USBError, _Fault) as exc:
+        except (usb.core.USBError, ProtocolFault) as exc:
             session.recover()
             raise self.fail(dest, f"dump: {exc}") from exc
         finally:
@@ -549,7 +382,7 @@ class _UploadReader:
         while len(self.buffer) < size and not self.ended and self.received < self.limit:
             data = bytes(
                 self.session.device.ctrl_transfer(
-                    _IN,
+                    REQUEST_IN,
                     Request.UPLOAD,
                     self.number,
                     self.session.interface,

@@ -11,50 +11,51 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from pytest_jumpstarter_qemu import qemu_img
+
+from pytest_jumpstarter.capabilities import DiskHost, Power
 from pytest_jumpstarter.errors import DriverError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import setting
 
-from .base import Destination, FlasherDriver, dump_file, verify_blocks, write_blocks
+from .base import Destination, FlasherDriver, FlasherSettings, dump_file, verify_blocks, write_blocks
 from .image import Image
 from .progress import Progress
 
+T = TypeVar("T")
 
-def _qemu_img(flasher: FlasherDriver, dest: Destination, *args: str, timeout: float = 300.0) -> str:
+
+def _as_flash_error(flasher: FlasherDriver[Any], dest: Destination, call: Callable[[], T]) -> T:
+    """A qemu-img failure (not installed, failed, too slow) as this flash's error."""
     try:
-        result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise flasher.fail(dest, "qemu-img is not installed (apt-get install qemu-utils)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise flasher.fail(dest, f"qemu-img {' '.join(args)} did not finish within {timeout}s") from exc
-    if result.returncode != 0:
-        raise flasher.fail(dest, f"qemu-img {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
+        return call()
+    except DriverError as exc:
+        raise flasher.fail(dest, exc.message) from exc
 
 
-def disk_size(flasher: FlasherDriver, dest: Destination, path: Path, fmt: str) -> int:
-    if fmt == "raw":
-        return path.stat().st_size if path.exists() else 0
-    info = json.loads(_qemu_img(flasher, dest, "info", "--output=json", "-f", fmt, str(path), timeout=30))
-    return int(info["virtual-size"])
+def disk_size(flasher: FlasherDriver[Any], dest: Destination, path: Path, fmt: str) -> int:
+    return _as_flash_error(flasher, dest, lambda: qemu_img.virtual_size(flasher.device_name, path, fmt))
+
+
+def _to_raw(flasher: FlasherDriver[Any], dest: Destination, source: Path, fmt: str, raw: Path) -> None:
+    _as_flash_error(flasher, dest, lambda: qemu_img.convert_to_raw(flasher.device_name, source, fmt, raw))
 
 
 def read_disk(
-    board: Any, dest: Destination, path: str | PathLike[str], size: int, flasher: FlasherDriver
+    board: DiskHost, dest: Destination, path: str | PathLike[str], size: int, flasher: FlasherDriver[Any]
 ) -> int:
     """Copy ``size`` bytes of a QEMU board's disk, from ``dest.offset``, into ``path``."""
     disk = Path(board.disk_path(dest.storage))
     fmt = board.disk_format(dest.storage)
     if fmt != "raw":
         raw = flasher.ctx.workdir / f"dump-{dest.storage}.raw"
-        _qemu_img(flasher, dest, "convert", "-f", fmt, "-O", "raw", str(disk), str(raw))
+        _to_raw(flasher, dest, disk, fmt, raw)
         disk = raw
     fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -65,38 +66,46 @@ def read_disk(
             disk.unlink(missing_ok=True)
 
 
-class QemuDiskFlasher(FlasherDriver):
+@runtime_checkable
+class DiskBoard(Power, DiskHost, Protocol):
+    """What qemu-disk needs of its board: power, and disks that are files on this host."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class QemuDiskSettings(FlasherSettings):
+    board: str = setting(
+        kind="ref", needs=(Power, DiskHost), doc="the board (a QEMU board) whose disk is flashed"
+    )
+    disk: str = setting("disk0", doc="the board's disk flashed when no target is given")
+    power_on: bool = setting(True, doc="power the board on after flashing")
+
+
+class QemuDiskFlasher(FlasherDriver[QemuDiskSettings]):
     """Flashes a disk of a QEMU board (``board:``) while it is off; the board then boots it."""
 
     name = "qemu-disk"
     default_storage = "disk0"
-    settings = {
-        **FlasherDriver.common_settings,
-        "board": Setting("ref", doc="the QEMU board whose disk is flashed"),
-        "disk": Setting("str", default="disk0", doc="the board's disk flashed when no target is given"),
-        "power_on": Setting("bool", default=True, doc="power the board on after flashing"),
-    }
 
     _serial = itertools.count(1)
 
+    @property
+    def board(self) -> DiskBoard:
+        return self.ctx.ref("board", DiskBoard)
+
     def resolve(self, target: str | None) -> Destination:
         if target is None:
-            disk = self.ctx.settings.get("disk", "disk0")
+            disk = self.ctx.settings.disk
             return Destination(disk, disk)
-        if target in self.ctx.settings.get("partitions", {}):
-            return super().resolve(target)
+        if target in self.ctx.settings.partitions:
+            return self.partition(target)
         return Destination(target, target)  # a disk name; the board says if it has none such
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         board = self.board
-        if board is None:
-            raise DriverError(
-                self.device_name, f"{self.name}: no board: set 'board:' to the QEMU board's name"
-            )
         board.off()
         yield
-        if self.ctx.settings.get("power_on", True):
+        if self.ctx.settings.power_on:
             board.on()
 
     def _current(self, dest: Destination) -> tuple[Path, str]:
@@ -109,10 +118,8 @@ class QemuDiskFlasher(FlasherDriver):
         board = self.board
         current, fmt = self._current(dest)
         whole = dest.offset == 0 and dest.size is None
-        # In the board's workdir: the board keeps using the file after this flasher is gone.
-        board_ctx = getattr(board, "ctx", None)
-        folder = Path(board_ctx.workdir) if board_ctx is not None else self.ctx.workdir
-        fresh = folder / f"flash-{self.device_name}-{dest.storage}-{next(self._serial)}.raw"
+        # The board's file: the board keeps using it after this flasher is gone.
+        fresh = board.new_disk_file(f"flash-{self.device_name}-{dest.storage}-{next(self._serial)}.raw")
         if whole:
             keep_size = max(disk_size(self, dest, current, fmt), image.expected_size or 0)
             fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -123,7 +130,7 @@ class QemuDiskFlasher(FlasherDriver):
             fd = os.open(fresh, os.O_RDWR | os.O_CLOEXEC)
             zeros = "write"
         else:
-            _qemu_img(self, dest, "convert", "-f", fmt, "-O", "raw", str(current), str(fresh))
+            _to_raw(self, dest, current, fmt, fresh)
             keep_size = 0
             fd = os.open(fresh, os.O_RDWR | os.O_CLOEXEC)
             zeros = "write"
@@ -142,7 +149,7 @@ class QemuDiskFlasher(FlasherDriver):
         os.close(fd)
         if fresh != current:
             board.set_disk(dest.storage, fresh, "raw")
-            if current.parent == folder and current.name.startswith("flash-"):
+            if current.parent == fresh.parent and current.name.startswith("flash-"):
                 current.unlink(missing_ok=True)  # an earlier flash's file: ours, never a base image
         return written
 

@@ -17,27 +17,65 @@ autoboot countdown shows up while a command runs) is reported as such at once.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
-import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Protocol, runtime_checkable
 
-from pytest_jumpstarter.errors import ConsoleTimeout, DriverError, FlashError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.capabilities import DiskHost, HasConsole, Power, PowerState, Reset, TftpHost
+from pytest_jumpstarter.driver import DeviceContext, Referred
+from pytest_jumpstarter.errors import BoardReset, ConsoleTimeout, DriverError, FlashError
+from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.uboot import UBootShell
 
-from .base import Destination, FlasherDriver
+from .base import Destination, FlasherDriver, FlasherSettings
 from .image import Image, zero_block
 from .progress import MIB, Progress
 
-PROMPT = r"\r\n=> "
-#: Output that means the board restarted under us (its banner, or autoboot counting down again).
-RESET_PATTERNS = (r"\r\nU-Boot \d{4}\.\d{2}[^\r\n]*", r"Hit any key to stop autoboot")
+
+@runtime_checkable
+class UBootBoard(Power, HasConsole, Protocol):
+    """What uboot-tftp needs of its board: power, and a console where U-Boot runs.
+
+    It also uses, when the board has them: :class:`TftpHost` (the folder its TFTP server serves,
+    unless ``tftp_root`` is set), :class:`PowerState` (with ``power_cycle: false``, to power on a
+    board that is off), :class:`Reset` (``reset_after``; else the board is power-cycled) and
+    :class:`DiskHost` (``dump()`` reads the disk file on the host).
+    """
+
+
+@dataclass(frozen=True, kw_only=True)
+class UBootSettings(FlasherSettings):
+    board: str = setting(
+        kind="ref", needs=(Power, HasConsole), doc="the board (power + U-Boot console) to flash"
+    )
+    load_address: int = setting(0x40400000, doc="RAM address where chunks are loaded")
+    ram_size: int = setting(256 * MIB, kind="size", doc="RAM usable from load_address (chunks fit in it)")
+    chunk_size: int = setting(64 * MIB, kind="size", doc="largest chunk sent at once")
+    block_size: int = setting(512, doc="the storage's block size")
+    storage_init: str = setting("virtio scan; virtio dev 0", doc="U-Boot command selecting it")
+    write_command: str = setting("virtio write {addr} {block} {count}", doc="RAM to storage")
+    read_command: str = setting("virtio read {addr} {block} {count}", doc="storage to RAM")
+    ipaddr: str = setting("10.0.2.15", doc="the board's address (setenv ipaddr)")
+    serverip: str = setting("10.0.2.2", doc="the TFTP server as the board sees it")
+    tftp_root: Path | None = setting(
+        None, doc="folder the TFTP server serves (default: the board's, if it provides TftpHost)"
+    )
+    retries: int = setting(3, doc="attempts per chunk before giving up")
+    command_timeout: float = setting(60.0, kind="duration", doc="deadline of one U-Boot command")
+    prompt_timeout: float = setting(
+        30.0, kind="duration", doc="how long to wait for U-Boot's prompt after power-on"
+    )
+    tftp_timeout: float = setting(1.0, kind="duration", doc="U-Boot's per-packet TFTP timeout (tftptimeout)")
+    power_cycle: bool = setting(True, doc="power-cycle the board before flashing")
+    reset_after: bool = setting(
+        True, doc="reset the board after flashing (power-cycle it if it has no reset)"
+    )
+    host_disk: str = setting("disk0", doc="the board's disk that dump() reads on the host (a DiskHost board)")
 
 
 @dataclass
@@ -48,98 +86,85 @@ class _Chunk:
     length: int
 
 
-class UBootTftpFlasher(FlasherDriver):
+class UBootTftpFlasher(FlasherDriver[UBootSettings]):
     """Flashes through U-Boot: TFTP into RAM in chunks, CRC-checked, written with the storage command."""
 
     name = "uboot-tftp"
     default_storage = "disk"
-    settings = {
-        **FlasherDriver.common_settings,
-        "board": Setting("ref", doc="the board (power + U-Boot console) to flash"),
-        "load_address": Setting("int", default=0x40400000, doc="RAM address where chunks are loaded"),
-        "ram_size": Setting("size", default=256 * MIB, doc="RAM usable from load_address (chunks fit in it)"),
-        "chunk_size": Setting("size", default=64 * MIB, doc="largest chunk sent at once"),
-        "block_size": Setting("int", default=512, doc="the storage's block size"),
-        "storage_init": Setting(
-            "str", default="virtio scan; virtio dev 0", doc="U-Boot command selecting it"
-        ),
-        "write_command": Setting("str", default="virtio write {addr} {block} {count}", doc="RAM to storage"),
-        "read_command": Setting("str", default="virtio read {addr} {block} {count}", doc="storage to RAM"),
-        "ipaddr": Setting("str", default="10.0.2.15", doc="the board's address (setenv ipaddr)"),
-        "serverip": Setting("str", default="10.0.2.2", doc="the TFTP server as the board sees it"),
-        "tftp_root": Setting(
-            "path", default=None, doc="folder the TFTP server serves (default: board.tftp_root)"
-        ),
-        "retries": Setting("int", default=3, doc="attempts per chunk before giving up"),
-        "command_timeout": Setting("duration", default=60.0, doc="deadline of one U-Boot command"),
-        "tftp_timeout": Setting(
-            "duration", default=1.0, doc="U-Boot's per-packet TFTP timeout (tftptimeout)"
-        ),
-        "power_cycle": Setting("bool", default=True, doc="power-cycle the board before flashing"),
-        "reset_after": Setting("bool", default=True, doc="reset the board after flashing"),
-        "host_disk": Setting(
-            "str", default="disk0", doc="the QEMU board's disk that dump() reads on the host"
-        ),
-    }
 
-    _ids = itertools.count(1)
-
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DeviceContext[UBootSettings]) -> None:
         super().__init__(ctx)
         self._zero_ready = 0
         #: Retries done in the last flash, by chunk index (for reports and tests).
         self.retried: dict[int, int] = {}
 
+    @classmethod
+    def check(cls, settings: UBootSettings) -> Iterable[tuple[str, str]]:
+        if settings.block_size <= 0 or settings.block_size % 4:
+            yield "block_size", f"expected a positive multiple of 4 bytes, found {settings.block_size}"
+        if settings.ram_size < 3 * MIB:
+            yield (
+                "ram_size",
+                f"expected at least 3M (a chunk, its read-back and zeros), found {settings.ram_size}",
+            )
+        if settings.retries < 1:
+            yield "retries", f"expected at least 1 attempt, found {settings.retries}"
+
+    @classmethod
+    def check_refs(cls, settings: UBootSettings, refs: Mapping[str, Referred]) -> Iterable[tuple[str, str]]:
+        board = refs.get("board")
+        if settings.tftp_root is None and board is not None and TftpHost not in board.provides:
+            yield (
+                "board",
+                f"uboot-tftp needs a tftp_root: set tftp_root or use a board that provides TftpHost "
+                f"(tftp_root); {board.describe()} does not",
+            )
+
     # --- console ------------------------------------------------------------------------------
 
     @property
-    def console(self) -> Any:
-        return self.board.console
+    def board(self) -> UBootBoard:
+        return self.ctx.ref("board", UBootBoard)
+
+    @property
+    def uboot(self) -> UBootShell:
+        """The U-Boot helper on the board's console (a new console after each power-on)."""
+        return UBootShell(self.board.console)
 
     def run(self, command: str, timeout: float | None = None, what: str = "", check: bool = True) -> str:
         """Run a U-Boot command; return its output.  Finds it between markers, not by the echo.
 
         A non-zero status raises unless ``check`` is false (``cmp`` fails when it finds a difference).
         """
-        console = self.console
-        timeout = self.ctx.settings.get("command_timeout", 60.0) if timeout is None else timeout
-        token = f"{next(self._ids)}j{os.getpid() % 1000}"
-        # Hush drops empty quotes, so the echoed command line never contains the joined markers.
-        console.sendline(f'echo @@B""{token}@@; {command}; echo @@E""{token}:$?@@')
-        done = re.compile(f"@@B{token}@@\r?\n(.*?)@@E{token}:(-?\\d+)@@{PROMPT}", re.DOTALL)
+        timeout = self.ctx.settings.command_timeout if timeout is None else timeout
         try:
-            index = console.expect([done, *RESET_PATTERNS], timeout=timeout)
+            result = self.uboot.run(command, timeout=timeout)
         except ConsoleTimeout as exc:
             raise _CommandFailed(
                 f"U-Boot command {command!r} did not finish within {timeout}s{what}\n"
                 f"last console lines:\n{exc.console_tail}"
             ) from None
-        if index != 0:
-            shown = console.match.group(0).strip()
-            raise _BoardReset(f"the board reset while running {command!r}{what} (console showed {shown!r})")
-        output: str = console.match.group(1).replace("\r\n", "\n").rstrip("\n")
-        status = int(console.match.group(2))
-        if status != 0 and check:
-            raise _CommandFailed(f"U-Boot command {command!r} failed (status {status}){what}:\n{output}")
-        return output
+        except BoardReset as exc:
+            raise _BoardReset(
+                f"the board reset while running {command!r}{what} (console showed {exc.shown!r})"
+            ) from None
+        if result.status != 0 and check:
+            raise _CommandFailed(
+                f"U-Boot command {command!r} failed (status {result.status}){what}:\n{result.output}"
+            )
+        return result.output
 
-    def _interrupt(self, timeout: float) -> None:
-        """Get to an idle prompt: Ctrl-C stops autoboot and cancels a half-typed line alike."""
-        console = self.console
-        deadline = time.monotonic() + timeout
-        while True:
-            console.send("\x03")
-            try:
-                console.expect(PROMPT, timeout=0.5)
-                break
-            except ConsoleTimeout:
-                if time.monotonic() >= deadline:
-                    raise FlashError(
-                        self.device_name,
-                        f"{self.name}: no U-Boot prompt ({PROMPT!r}) within {timeout}s after power-on\n"
-                        f"last console lines:\n{console.tail()}",
-                    ) from None
-        console.drain(quiet=0.05, limit=1.0)
+    def interrupt(self, timeout: float | None = None) -> None:
+        """Stop U-Boot at an idle prompt (see :meth:`UBootShell.interrupt`)."""
+        timeout = self.ctx.settings.prompt_timeout if timeout is None else timeout
+        try:
+            self.uboot.interrupt(timeout)
+        except ConsoleTimeout as exc:
+            raise FlashError(
+                self.device_name,
+                f"{self.name}: no U-Boot prompt ({UBootShell.prompt!r}) within {timeout}s after power-on\n"
+                f"last console lines:\n{exc.console_tail}",
+            ) from None
 
     # --- session: power-cycle, stop autoboot, network, storage ----------------------------------
 
@@ -147,35 +172,39 @@ class UBootTftpFlasher(FlasherDriver):
     def session(self) -> Iterator[None]:
         board = self.board
         settings = self.ctx.settings
-        if settings.get("power_cycle", True):
+        if settings.power_cycle:
             board.cycle()
-        elif not getattr(board, "is_running", True):
+        elif (state := self.ctx.provided("board", PowerState)) is not None and not state.is_running:
             board.on()
-        self._interrupt(timeout=30.0)
+        self.interrupt()
         self._zero_ready = 0
         self.retried = {}
         try:
-            timeout_ms = int(settings.get("tftp_timeout", 1.0) * 1000)
+            timeout_ms = int(settings.tftp_timeout * 1000)
             self.run(
-                f"setenv ipaddr {settings.get('ipaddr', '10.0.2.15')}; "
-                f"setenv serverip {settings.get('serverip', '10.0.2.2')}; "
+                f"setenv ipaddr {settings.ipaddr}; setenv serverip {settings.serverip}; "
                 f"setenv netretry no; setenv tftptimeout {timeout_ms}; setenv tftptimeoutcountmax 5; "
                 "setenv autoload no",
                 what=" (network set-up)",
             )
-            init = settings.get("storage_init")
-            if init:
-                self.run(init, what=" (storage set-up)")
+            if settings.storage_init:
+                self.run(settings.storage_init, what=" (storage set-up)")
         except (_CommandFailed, _BoardReset) as exc:
             raise FlashError(self.device_name, f"{self.name}: preparing U-Boot failed: {exc}") from exc
         yield
-        if settings.get("reset_after", True):
-            board.reset()
+        if settings.reset_after:
+            reset = self.ctx.provided("board", Reset)
+            if reset is not None:
+                reset.reset()
+            else:
+                board.cycle()
 
     # --- writing ------------------------------------------------------------------------------
 
     def _tftp_root(self, dest: Destination) -> Path:
-        root = self.ctx.settings.get("tftp_root") or getattr(self.board, "tftp_root", None)
+        root = self.ctx.settings.tftp_root
+        if root is None and (host := self.ctx.provided("board", TftpHost)) is not None:
+            root = host.tftp_root
         if root is None:
             raise self.fail(
                 dest,
@@ -187,7 +216,7 @@ class UBootTftpFlasher(FlasherDriver):
     def _chunk_size(self) -> int:
         s = self.ctx.settings
         # Three buffers: the chunk, its read-back, and zeros for all-zero chunks; whole pipeline blocks.
-        size = min(int(s.get("chunk_size", 64 * MIB)), int(s.get("ram_size", 256 * MIB)) // 3)
+        size = min(s.chunk_size, s.ram_size // 3)
         return max(MIB, size - size % MIB)
 
     def _chunks(self, image: Image, chunk_size: int) -> Iterator[_Chunk]:
@@ -207,8 +236,7 @@ class UBootTftpFlasher(FlasherDriver):
             yield _make_chunk(index, start, parts, length)
 
     def write(self, dest: Destination, image: Image, progress: Progress) -> int:
-        s = self.ctx.settings
-        block_size = s.get("block_size", 512)
+        block_size = self.ctx.settings.block_size
         if dest.offset % block_size:
             raise self.fail(dest, f"offset {dest.offset} is not a multiple of the block size {block_size}")
         chunk_size = self._chunk_size()
@@ -227,8 +255,8 @@ class UBootTftpFlasher(FlasherDriver):
 
     def _flash_chunk(self, dest: Destination, root: Path, chunk: _Chunk, chunk_size: int) -> int:
         s = self.ctx.settings
-        block_size = s.get("block_size", 512)
-        load = s.get("load_address", 0x40400000)
+        block_size = s.block_size
+        load = s.load_address
         readback = load + chunk_size
         zeros = load + 2 * chunk_size
         padded = -(-chunk.length // block_size) * block_size
@@ -239,9 +267,9 @@ class UBootTftpFlasher(FlasherDriver):
             f"storage block {first_block:#x}+{count:#x})"
         )
         verify = self.verifying
-        attempts = max(1, s.get("retries", 3))
+        attempts = max(1, s.retries)
         problems: list[str] = []
-        read = s.get("read_command", "virtio read {addr} {block} {count}")
+        read = s.read_command
         if chunk.data is None and chunk.length % block_size:
             chunk.data = bytes(chunk.length)  # a short zero tail: send it, so the block's rest is kept
         for attempt in range(attempts):
@@ -266,9 +294,10 @@ class UBootTftpFlasher(FlasherDriver):
                     expected = self._load(root, chunk, chunk.data, load, check=not verify)
                     source = load
                     sent = chunk.length
-                write = s.get("write_command", "virtio write {addr} {block} {count}")
                 self._storage(
-                    write.format(addr=f"{source:#x}", block=f"{first_block:#x}", count=f"{count:#x}"),
+                    s.write_command.format(
+                        addr=f"{source:#x}", block=f"{first_block:#x}", count=f"{count:#x}"
+                    ),
                     where,
                     "written",
                 )
@@ -372,7 +401,7 @@ class UBootTftpFlasher(FlasherDriver):
         )
         if m:
             offset = int(m.group(1), 16) - source
-            byte = block * self.ctx.settings.get("block_size", 512) + offset
+            byte = block * self.ctx.settings.block_size + offset
             raise _Retry(
                 f"read-back differs at image offset {chunk.offset + offset} (storage byte "
                 f"{byte}): expected word 0x{m.group(2)}, "
@@ -388,14 +417,17 @@ class UBootTftpFlasher(FlasherDriver):
     def dump(self, target: str, path: str | PathLike[str], size: int) -> int:
         """Read storage back: from the board's disk file when the host can see it (a QEMU board)."""
         dest = self.resolve(target)
-        board = self.board
-        disk = getattr(board, "disk_path", None)
-        if disk is None:
-            raise self.fail(dest, "dump needs a board whose disk the host can read (disk_path)")
+        disks = self.ctx.provided("board", DiskHost)
+        if disks is None:
+            raise self.fail(
+                dest,
+                f"dump needs a board whose disk the host can read (DiskHost); "
+                f"board {self.ctx.settings.board!r} is not one",
+            )
         from .qemu_disk import read_disk
 
-        host = Destination(dest.name, self.ctx.settings.get("host_disk", "disk0"), dest.offset, dest.size)
-        return read_disk(board, host, path, size, self)
+        host = Destination(dest.name, self.ctx.settings.host_disk, dest.offset, dest.size)
+        return read_disk(disks, host, path, size, self)
 
 
 def _make_chunk(index: int, offset: int, parts: list[tuple[bytes | None, int]], length: int) -> _Chunk:

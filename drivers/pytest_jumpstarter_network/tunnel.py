@@ -2,10 +2,9 @@
 
 Two drivers share one interface (:class:`NetTunnel`, the ``Network`` capability):
 
-- ``qemu-user-forward``: a QEMU board on user (slirp) networking.  Each port becomes a slirp host
-  forward on a port the kernel picks (asked for as port 0, read back over QMP by the board's
-  ``hostfwd_add``), so parallel workers never collide.  Forwards are removed on stop.
-- ``tcp-relay``: a board reachable by IP (a lab board, a QEMU board on a TAP, a host in a network
+- ``qemu-user-forward`` (:mod:`.qemu_forward`): a QEMU board on user (slirp) networking.  Each
+  port becomes a slirp host forward on a port the kernel picks, so parallel workers never collide.
+- ``tcp-relay`` (here): a board reachable by IP (a lab board, a QEMU board on a TAP, a host in a network
   namespace), or a Unix socket on this host.  A relay in this process listens on ``listen``
   (127.0.0.1 unless the description says otherwise) and forwards to ``address:port``.
 
@@ -19,19 +18,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import selectors
 import shutil
 import socket
 import tempfile
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar
 
+from pytest_jumpstarter.capabilities import Addressable
 from pytest_jumpstarter.driver import DeviceContext, Driver
-from pytest_jumpstarter.errors import JumpstarterError, TunnelError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.errors import TunnelError
+from pytest_jumpstarter.settings import SettingValueError, describe, setting
 
 from .impairment import Impairment
 from .relay import Address, Forward, Relay
@@ -43,31 +41,61 @@ Target = int | Path
 
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
 
-_COMMON_SETTINGS: dict[str, Setting] = {
-    "forwards": Setting(
-        "mapping",
-        default={},
+
+def _forward_shorthand(value: object) -> object:
+    """A forward's short form: a port number (``22``) or ``unix:PATH``."""
+    if isinstance(value, str) and value.startswith("unix:"):
+        return {"unix": value[5:]}
+    if (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.strip().isdigit()
+    ):
+        return {"port": value}
+    raise SettingValueError(f"expected a port number 1..65535 or unix:PATH, found {describe(value)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardTarget:
+    """Where a named forward leads: a port on the board, or (tcp-relay) a Unix socket on this host."""
+
+    port: int | None = setting(None, doc="the port on the board, 1..65535")
+    unix: Path | None = setting(None, doc="a Unix socket on this host (tcp-relay only)")
+
+    @property
+    def target(self) -> Target:
+        if self.unix is not None:
+            return self.unix
+        assert self.port is not None  # check() makes sure one of them is set
+        return self.port
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelSettings:
+    """What both tunnel drivers accept."""
+
+    forwards: dict[str, ForwardTarget] = setting(
+        {},
+        shorthand=_forward_shorthand,
         doc="names for ports, e.g. {ssh: 22, http: 80}; tcp('http') then means port 80",
-    ),
-    "listen": Setting(
-        "str",
-        default="127.0.0.1",
-        doc="address the relay listens on; only loopback unless you set e.g. 0.0.0.0 on purpose",
-    ),
-    "connect_timeout": Setting(
-        "duration", default=5.0, doc="how long the relay waits for the board to accept"
-    ),
-}
+    )
+    listen: str = setting(
+        "127.0.0.1", doc="address the relay listens on; only loopback unless you set e.g. 0.0.0.0 on purpose"
+    )
+    connect_timeout: float = setting(
+        5.0, kind="duration", doc="how long the relay waits for the board to accept"
+    )
 
 
-class NetTunnel(Driver):
+TS = TypeVar("TS", bound=TunnelSettings)
+
+
+class NetTunnel(Driver[TS]):
     """Host-side endpoints for ports on a board (TCP, UDP, Unix sockets), with optional impairment."""
 
     role: ClassVar[str | None] = "net_tunnel"
     #: Whether ``forwards:`` may name a ``unix:PATH`` upstream (only where the relay reaches it).
     allows_unix_upstream: ClassVar[bool] = False
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[TS]) -> None:
         super().__init__(ctx)
         self._relay: Relay | None = None
         self._relayed: dict[tuple[str, Target], Forward] = {}
@@ -76,23 +104,27 @@ class NetTunnel(Driver):
         self._short_dir: Path | None = None
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-        for name, value in (settings.get("forwards") or {}).items():
-            try:
-                _parse_target(value, cls.allows_unix_upstream)
-            except ValueError as exc:
-                yield f"forwards.{name}", str(exc)
+    def check(cls, settings: TS) -> Iterable[tuple[str, str]]:
+        for name, forward in settings.forwards.items():
+            if (forward.port is None) == (forward.unix is None):
+                yield (
+                    f"forwards.{name}",
+                    "expected one of port: (a port on the board) or unix: (a socket path)",
+                )
+            elif forward.unix is not None and not cls.allows_unix_upstream:
+                yield (
+                    f"forwards.{name}",
+                    f"expected a port number, found unix:{forward.unix} "
+                    "(unix: targets need driver tcp-relay)",
+                )
+            elif forward.port is not None and not 0 < forward.port < 65536:
+                yield f"forwards.{name}", f"expected a port number 1..65535, found {forward.port}"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._forwards = {
-            str(name): _parse_target(value, self.allows_unix_upstream)
-            for name, value in (self.ctx.settings.get("forwards") or {}).items()
-        }
-        self._relay = Relay(
-            f"{self.ctx.target}/{self.device_name}", self.ctx.settings.get("connect_timeout", 5.0)
-        )
+        self._forwards = {name: forward.target for name, forward in self.ctx.settings.forwards.items()}
+        self._relay = Relay(f"{self.ctx.target}/{self.device_name}", self.ctx.settings.connect_timeout)
         super().start()
         try:
             for name in self._forwards:
@@ -319,50 +351,53 @@ class NetTunnel(Driver):
         return self._short_dir
 
     def _listen_host(self) -> str:
-        host = str(self.ctx.settings.get("listen", "127.0.0.1"))
+        host = self.ctx.settings.listen
         return "0.0.0.0" if host == "*" else host
 
 
-class TcpRelay(NetTunnel):
+@dataclass(frozen=True, kw_only=True)
+class TcpRelaySettings(TunnelSettings):
+    board: str | None = setting(
+        None,
+        kind="ref",
+        needs=(Addressable,),
+        doc="the board device; its guest_address is used unless address: is set",
+    )
+    address: str | None = setting(None, doc="the board's IP address or host name")
+
+
+class TcpRelay(NetTunnel[TcpRelaySettings]):
     """``tcp-relay``: relay to a board reachable by IP (``address:``, or the board's ``guest_address``)."""
 
     name: ClassVar[str] = "tcp-relay"
     allows_unix_upstream: ClassVar[bool] = True
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting(
-            "ref", default=None, doc="the board device; its guest_address is used unless address: is set"
-        ),
-        "address": Setting("str", default=None, doc="the board's IP address or host name"),
-        **_COMMON_SETTINGS,
-    }
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    def check(cls, settings: TcpRelaySettings) -> Iterable[tuple[str, str]]:
         yield from super().check(settings)
-        if not settings.get("board") and not settings.get("address"):
+        if not settings.board and not settings.address:
             yield (
                 "address",
                 "tcp-relay needs address: (the board's IP) or board: (a board with a guest_address)",
             )
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[TcpRelaySettings]) -> None:
         super().__init__(ctx)
         self.address: str | None = None
 
     def start(self) -> None:
-        address = self.ctx.settings.get("address")
-        board = self.ctx.refs.get("board")
-        if not address and board is not None:
-            address = getattr(board, "guest_address", None)
+        address = self.ctx.settings.address
+        if not address and self.ctx.has_ref("board"):
+            address = self.ctx.ref("board", Addressable).guest_address
             if not address:
                 raise TunnelError(
                     self.device_name,
-                    f"board {board.device_name!r} has no guest_address (is it on user networking? then use "
-                    "driver: qemu-user-forward), and no address: is set",
+                    f"board {self.ctx.settings.board!r} has no guest_address (is it on user networking? "
+                    "then use driver: qemu-user-forward), and no address: is set",
                 )
         if not address:
             raise TunnelError(self.device_name, "no address: set and no board: to take a guest_address from")
-        self.address = str(address)
+        self.address = address
         super().start()
 
     def _board_label(self) -> str:
@@ -381,187 +416,3 @@ class TcpRelay(NetTunnel):
             raise TunnelError(self.device_name, f"cannot resolve {self._label(target)}: {exc}") from exc
         family, _, _, _, sockaddr = info[0]
         return Address(family, sockaddr)
-
-
-class QemuUserForward(NetTunnel):
-    """``qemu-user-forward``: slirp host forwards of a QEMU board on user networking.
-
-    Endpoints are slirp's own host ports (no extra hop).  Inside ``impaired()``, or with
-    ``relay: true``, endpoints go through the relay in front of those ports so the impairment
-    applies; connections made before ``impaired()`` keep their direct, unimpaired path.
-
-    When the board is powered off and on, its new QEMU process has a new slirp: the forwards are
-    made again on first use (new host ports), and relayed endpoints keep their port and lead to the
-    new forwards, so with ``relay: true`` an endpoint stays valid across power cycles.
-    """
-
-    name: ClassVar[str] = "qemu-user-forward"
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting("ref", doc="the QEMU board (driver qemu) on user networking"),
-        "host": Setting("str", default="127.0.0.1", doc="host address slirp binds its forwards to"),
-        "relay": Setting(
-            "bool", default=False, doc="always put the relay in front (impairment then applies to all)"
-        ),
-        **_COMMON_SETTINGS,
-    }
-
-    def __init__(self, ctx: DeviceContext) -> None:
-        super().__init__(ctx)
-        self._hostfwds: dict[tuple[str, int], int] = {}
-        self._boots: int | None = None
-
-    def _refresh(self, remake: bool = True) -> None:
-        # QemuBoard counts its launches; slirp forwards die with the QEMU process that had them.
-        boots = getattr(self._board(), "boots", None)
-        if boots == self._boots:
-            return
-        known, self._boots = self._boots, boots
-        if known is None:
-            return
-        self._hostfwds.clear()
-        if not remake:
-            return
-        for (kind, target), fwd in self._relayed.items():
-            fwd.upstream = self._upstream("udp" if kind == "udp" else "tcp", target)
-
-    def _board(self) -> Any:
-        board = self.ctx.refs.get("board")
-        if board is None:
-            raise TunnelError(
-                self.device_name, "no board: device given (qemu-user-forward needs a QEMU board)"
-            )
-        return board
-
-    def _board_label(self) -> str:
-        board = self.ctx.refs.get("board")
-        return f"board {board.device_name!r}" if board is not None else f"board of {self.device_name!r}"
-
-    def _hostfwd(self, proto: str, port: int) -> int:
-        key = (proto, port)
-        if key not in self._hostfwds:
-            host = str(self.ctx.settings.get("host", "127.0.0.1"))
-            try:
-                self._hostfwds[key] = int(self._board().hostfwd_add(port, proto=proto, host=host))
-            except JumpstarterError as exc:
-                raise TunnelError(
-                    self.device_name, f"cannot add a slirp {proto} forward to {self._label(port)}: {exc}"
-                ) from exc
-        return self._hostfwds[key]
-
-    def connect(self, port: int | str, timeout: float = 10.0) -> socket.socket:
-        """A TCP socket connected to ``port`` on the guest; TunnelError if the guest refuses or stays silent.
-
-        slirp accepts a connection on the host before it connects to the guest, so a refusal would
-        only show later as an end of stream.  So this waits until slirp has no half-open connection
-        to that port left (its ``info usernet`` shows none in SYN_SENT), then looks at the socket.
-        """
-        sock = super().connect(port, timeout)
-        try:
-            self._await_guest(sock, self._target(port), timeout)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _await_guest(self, sock: socket.socket, target: Target, timeout: float) -> None:
-        host_port = self._hostfwds.get(("tcp", target)) if isinstance(target, int) else None
-        if host_port is None:
-            return
-        half_open = re.compile(rf"TCP\[SYN_SENT\]\s+\d+\s+\S+\s+{host_port}\s")
-        deadline = time.monotonic() + timeout
-        relayed = ("tcp", target) in self._relayed and (
-            self._impairment is not None or self.ctx.settings.get("relay", False)
-        )
-        # Through the relay, slirp's close takes one more hop (and the impairment's delay) to arrive.
-        linger = 0.0
-        if relayed:
-            imp = self._impairment
-            linger = 0.02 + ((imp.latency_ms + imp.jitter_ms) / 1000 if imp is not None else 0.0)
-        with selectors.DefaultSelector() as sel:
-            sel.register(sock, selectors.EVENT_READ)
-            # slirp may not have taken our connection from its listening socket yet when the first
-            # look comes: done is "was half open, is no longer", or the socket shows something, or
-            # (a guest that answered between two looks) nothing was ever half open for a while.
-            seen_half_open = False
-            grace = time.monotonic() + 0.05
-            while True:
-                if half_open.search(self._board().hmp("info usernet")):
-                    seen_half_open = True
-                elif seen_half_open or time.monotonic() > grace:
-                    break
-                if time.monotonic() > deadline:
-                    raise TunnelError(
-                        self.device_name,
-                        f"cannot connect to {self._label(target)}: no answer within {timeout}s",
-                    )
-                if sel.select(0.002):  # an end of stream (or data) settles it at once
-                    break
-            if not sel.select(linger):
-                return
-        try:
-            closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return
-        except OSError:
-            closed = True
-        if closed:
-            raise TunnelError(
-                self.device_name,
-                f"cannot connect to {self._label(target)}: the guest refused (slirp closed the connection); "
-                f"check that a server listens on port {target} on the board",
-            )
-
-    def _direct(self, proto: str, target: Target) -> tuple[str, int] | None:
-        if self.ctx.settings.get("relay", False):
-            return None
-        assert isinstance(target, int)
-        return str(self.ctx.settings.get("host", "127.0.0.1")), self._hostfwd(proto, target)
-
-    def _upstream(self, proto: str, target: Target) -> Address:
-        assert isinstance(target, int)
-        return Address.inet(str(self.ctx.settings.get("host", "127.0.0.1")), self._hostfwd(proto, target))
-
-    def _close_direct(self, proto: str, target: Target) -> None:
-        if isinstance(target, int):
-            self._remove_hostfwd("udp" if proto == "udp" else "tcp", target)
-
-    def _remove_hostfwd(self, proto: str, port: int) -> None:
-        host_port = self._hostfwds.pop((proto, port), None)
-        if host_port is None:
-            return
-        board = self._board()
-        if not getattr(board, "is_running", True):
-            return  # the VM (and slirp with it) is gone: nothing left to remove
-        try:
-            board.hostfwd_remove(host_port, proto=proto, host=str(self.ctx.settings.get("host", "127.0.0.1")))
-        except JumpstarterError as exc:
-            log.warning(
-                "%s: removing slirp forward %s:%s failed: %s", self.device_name, proto, host_port, exc
-            )
-
-    def stop(self) -> None:
-        try:
-            if self.started and getattr(self._board(), "is_running", True):
-                self._refresh(remake=False)  # forwards of an earlier QEMU process are gone already
-            for proto, port in list(self._hostfwds):
-                self._remove_hostfwd(proto, port)
-        finally:
-            super().stop()
-
-
-def _parse_target(value: object, allow_unix: bool) -> Target:
-    """A forward's target from the description: a port number, or ``unix:PATH`` where allowed."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value)
-    elif isinstance(value, str) and value.startswith("unix:") and len(value) > 5:
-        if not allow_unix:
-            raise ValueError(f"expected a port number, found {value!r} (unix: targets need driver tcp-relay)")
-        return Path(value[5:]).expanduser()
-    else:
-        unix = " or unix:PATH" if allow_unix else ""
-        raise ValueError(f"expected a port number 1..65535{unix}, found {value!r}")
-    if not 0 < number < 65536:
-        raise ValueError(f"expected a port number 1..65535, found {number}")
-    return number

@@ -1,7 +1,8 @@
 """QEMU boards: power, serial console and QMP for guests under qemu-system-*.
 
-Registered through the ``pytest_jumpstarter.drivers`` entry point.  Importing this module is cheap:
-qemu.qmp is imported only when a board powers on.
+Registered through the ``pytest_jumpstarter.drivers`` entry point; the ``qemu_vm`` fixture is this
+family's.  Importing this module is cheap (pytest does at every start, for the fixture): the board
+loads with a target, and qemu.qmp only when a board powers on.
 
 Each test that used a board records the board's QEMU memory (``user_properties``, so it reaches the
 xdist controller and JUnit XML too); the terminal summary shows one line per board.
@@ -9,29 +10,47 @@ xdist controller and JUnit XML too); the terminal summary shows one line per boa
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_jumpstarter.driver import Driver
+from pytest_jumpstarter import device_fixture
 
-from .board import QemuBoard
-from .images import demo_images
+if TYPE_CHECKING:
+    from pytest_jumpstarter.driver import Driver
 
+    from .board import QemuBoard
+    from .images import demo_images
+
+_WHERE = {"QemuBoard": "board", "demo_images": "images"}
 __all__ = ["QemuBoard", "demo_images"]
 
 #: The ``user_properties`` name of a board's memory record: {board, pid, rss, peak} (bytes).
 MEMORY_PROPERTY = "jumpstarter_qemu_memory"
-_BOARDS = pytest.StashKey[list[QemuBoard]]()
+_BOARDS: pytest.StashKey[list[QemuBoard]] = pytest.StashKey()
+
+qemu_vm = device_fixture("qemu_vm", doc="The QEMU board (driver qemu) of the current target.")
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{where}", __name__), name)
 
 
 @pytest.hookimpl
 def pytest_jumpstarter_add_drivers() -> list[type[QemuBoard]]:
+    from .board import QemuBoard
+
     return [QemuBoard]
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_device_ready(device: Driver, item: pytest.Item | None) -> None:
+def pytest_jumpstarter_device_ready(device: Driver[Any], item: pytest.Item | None) -> None:
+    from .board import QemuBoard  # loaded already: a device exists
+
     if isinstance(device, QemuBoard) and item is not None:
         boards = item.stash.setdefault(_BOARDS, [])
         if device not in boards:

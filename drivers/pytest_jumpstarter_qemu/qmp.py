@@ -1,7 +1,8 @@
-"""QMP for a board: qemu.qmp's async client on a private event-loop thread, every call with a deadline.
+"""QMP for a board: qemu.qmp's async client on the run's shared event loop, every call with a deadline.
 
-qemu.qmp has no timeouts of its own, so each await is wrapped in :func:`asyncio.wait_for`, and the
-calling thread waits on the future with a little more than that (a wedged loop cannot hang a test).
+qemu.qmp has no timeouts of its own, so each await is bounded (:meth:`EventLoopThread.call`).  All
+boards' clients share one loop thread (:data:`pytest_jumpstarter.aioloop.SHARED`), and events come
+through qemu.qmp's own all-events listener (``QMPClient.events``).
 
 asyncio and qemu.qmp are imported where a session starts, not with the module: the driver family
 is imported at every pytest start-up that names a target, and asyncio alone costs ~15 ms there.
@@ -9,13 +10,16 @@ is imported at every pytest start-up that names a target, and asyncio alone cost
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from pytest_jumpstarter.aioloop import SHARED
 from pytest_jumpstarter.errors import DriverError
+from pytest_jumpstarter.waiting import Deadline
 
 T = TypeVar("T")
 
@@ -57,47 +61,46 @@ class Events:
 
     def wait(self, name: str, timeout: float = 10.0, since: int = 0, device: str = "qemu") -> dict[str, Any]:
         """The first event called ``name`` at index ``since`` or later; waits up to ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, f"QMP event {name!r}")
         with self._cond:
             while True:
                 for event in self._events[since:]:
                     if event.get("event") == name:
                         return event
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if deadline.expired:
                     seen = ", ".join(e["event"] for e in self._events[since:]) or "none"
                     raise QmpError(
                         device, f"no QMP event {name!r} within {timeout}s (events seen since: {seen})"
                     )
-                self._cond.wait(remaining)
+                self._cond.wait(deadline.remaining())
 
 
 class Qmp:
-    """One QMP session over an already connected socket (QEMU connected to us)."""
+    """One QMP session over an already connected socket (QEMU connected to us), on the run's shared loop."""
 
     def __init__(self, device: str, sock: socket.socket, *, timeout: float = 10.0) -> None:
-        import asyncio
-
-        from qemu.qmp import EventListener, QMPClient
+        from qemu.qmp import QMPClient
 
         self.device = device
         self.events = Events()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"qmp-{device}", daemon=True)
-        self._thread.start()
-        events = self.events
+        self._loop = SHARED
+        self._recorder: concurrent.futures.Future[None] | None = None
 
-        class _Recorder(EventListener):
-            async def put(self, event: Any) -> None:
-                events._add(dict(event))
+        async def make() -> QMPClient:
+            return QMPClient(device)
 
-        self._client = QMPClient(device)
-        self._client.register_listener(_Recorder())
+        self._client = self._call(make, timeout, "starting")
+        # qemu.qmp's own all-events listener; one task on the loop copies each event into our log.
+        self._recorder = self._loop.submit(self._record(self._client.events))
         try:
             self._call(lambda: self._client.connect(sock), timeout, "connecting")
         except BaseException:
             self.close()
             raise
+
+    async def _record(self, listener: Any) -> None:
+        async for event in listener:
+            self.events._add(dict(event))
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
         """Run a QMP command and return its ``return`` value; raise :class:`QmpError` if it fails."""
@@ -114,18 +117,11 @@ class Qmp:
         return str(out)
 
     def _call(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float, what: str) -> T:
-        import asyncio
-
         from qemu.qmp import QMPError
 
-        async def bounded() -> T:
-            return await asyncio.wait_for(make(), timeout)
-
-        future = asyncio.run_coroutine_threadsafe(bounded(), self._loop)
         try:
-            return future.result(timeout + 2.0)
-        except (TimeoutError, asyncio.TimeoutError):
-            future.cancel()
+            return self._loop.call(make, timeout)
+        except TimeoutError:
             raise QmpError(self.device, f"QMP {what} got no answer within {timeout}s") from None
         except QMPError as exc:
             raise QmpError(self.device, f"QMP {what} failed: {exc}") from exc
@@ -133,21 +129,24 @@ class Qmp:
             raise QmpError(self.device, f"QMP {what} failed: the connection broke ({exc})") from exc
 
     def close(self, timeout: float = 2.0) -> None:
-        """Disconnect (bounded) and stop the loop thread.  Safe to call twice."""
-        import asyncio
-
-        if self._loop.is_closed():
+        """Disconnect (bounded) and stop recording events.  Safe to call twice."""
+        client, self._client = getattr(self, "_client", None), None  # type: ignore[assignment]
+        recorder, self._recorder = self._recorder, None
+        if client is None:
             return
-        if self._loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(
-                asyncio.wait_for(self._client.disconnect(), timeout), self._loop
-            )
+
+        async def finish() -> None:
+            import asyncio
+
             try:
-                future.result(timeout + 1.0)
-            except Exception:
-                # A QEMU that is gone or wedged: the socket is closed with the loop anyway.
-                future.cancel()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self._loop.close()
+                # A QEMU that is gone or wedged: give up after the bound; the socket closes anyway.
+                await asyncio.wait_for(client.disconnect(), timeout)
+            finally:
+                # Events read but not yet copied (e.g. SHUTDOWN just before QEMU exited) are kept.
+                for event in client.events.clear():
+                    self.events._add(dict(event))
+                if recorder is not None:
+                    recorder.cancel()
+
+        with contextlib.suppress(Exception):
+            self._loop.call(finish, timeout + 1.0)

@@ -1,16 +1,38 @@
-"""Serial console devices over a pyserial URL (``socket://``, ``loop://``, ``rfc2217://``, a tty path)."""
+"""Serial console devices over a pyserial URL (``socket://``, ``loop://``, ``rfc2217://``, a tty path).
+
+The ``console`` fixture is this family's: ``console`` is the serial driver's role.  Importing this
+module is cheap (pytest does at every start, for the fixture); the driver loads with a target.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import pytest
 
-from pytest_jumpstarter.driver import Driver
+from pytest_jumpstarter import device_fixture
 
-from .driver import SerialConsole
+if TYPE_CHECKING:
+    from pytest_jumpstarter.driver import Driver
 
+    from .driver import SerialConsole
+
+_WHERE = {"SerialConsole": "driver"}
 __all__ = ["SerialConsole"]
+
+console = device_fixture("console", doc="The console device (e.g. driver serial) of the current target.")
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver]]:
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
+    from .driver import SerialConsole
+
     return [SerialConsole]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{where}", __name__), name)

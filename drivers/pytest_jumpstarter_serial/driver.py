@@ -3,90 +3,117 @@
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any, ClassVar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from pytest_jumpstarter.console import Console, SerialTransport
-from pytest_jumpstarter.driver import Driver
-from pytest_jumpstarter.errors import DriverError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.driver import DeviceContext, Driver
+from pytest_jumpstarter.errors import DeviceStateError, DriverError
+from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.waiting import Deadline
 
 
-class SerialConsole(Driver):
+@dataclass(frozen=True, kw_only=True)
+class SerialSettings:
+    url: str = setting(doc="pyserial URL or tty path, e.g. socket://127.0.0.1:4000 or /dev/ttyUSB0")
+    baudrate: int = setting(115200, doc="line speed (ignored by socket:// and loop://)")
+    timeout: float = setting(30.0, kind="duration", doc="default deadline of console.expect")
+    open_timeout: float = setting(
+        10.0,
+        kind="duration",
+        doc="how long to keep trying to open the port (a tty appearing, a server starting)",
+    )
+    open_at_start: bool = setting(
+        True,
+        doc="open the port when the device starts; false for a port that exists only while its board "
+        "is powered (a USB serial on the board, a QEMU TCP chardev): the board opens it (reconnect())",
+    )
+
+
+class SerialConsole(Driver[SerialSettings]):
     """A serial console: ``console.sendline``/``console.expect`` on a pyserial URL.
 
     ``url`` is anything pyserial opens: ``socket://host:port`` (a TCP serial server, a QEMU TCP
     chardev), ``rfc2217://host:port``, ``loop://`` (echoes what is written), or a tty path.
+    It can be dropped and opened again (:class:`~pytest_jumpstarter.capabilities.Reconnect`), which a
+    composite board does around a power cycle.
     """
 
     name = "serial"
     role = "console"
-    settings: ClassVar[dict[str, Setting]] = {
-        "url": Setting("str", doc="pyserial URL or tty path, e.g. socket://127.0.0.1:4000 or /dev/ttyUSB0"),
-        "baudrate": Setting("int", 115200, doc="line speed (ignored by socket:// and loop://)"),
-        "timeout": Setting("duration", 30.0, doc="default deadline of console.expect"),
-        "open_timeout": Setting(
-            "duration",
-            10.0,
-            doc="how long to keep trying to open the port (a tty appearing, a server starting)",
-        ),
-    }
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DeviceContext[SerialSettings]) -> None:
         super().__init__(ctx)
         self._console: Console | None = None
 
     @classmethod
-    def check(cls, settings: Any) -> list[tuple[str, str]]:
-        problems = []
-        if settings["baudrate"] <= 0:
-            problems.append(("baudrate", f"expected a positive line speed, found {settings['baudrate']}"))
-        return problems
+    def check(cls, settings: SerialSettings) -> Iterable[tuple[str, str]]:
+        if settings.baudrate <= 0:
+            yield "baudrate", f"expected a positive line speed, found {settings.baudrate}"
 
     @property
     def console(self) -> Console:
-        """The started console (pexpect-compatible)."""
+        """The open console (pexpect-compatible)."""
         self.require_started("console")
-        assert self._console is not None
+        if self._console is None:
+            raise DeviceStateError(
+                self.device_name,
+                f"serial port {self.ctx.redact(self.url)!r} is not open (open_at_start: false, or "
+                "disconnected): the board using it opens it when it powers on; or call reconnect()",
+            )
         return self._console
 
     @property
     def url(self) -> str:
-        return str(self.ctx.settings["url"])
+        return self.ctx.settings.url
 
     def start(self) -> None:
         if self.started:
             return
-        port = self._open()
+        if self.ctx.settings.open_at_start:
+            self._connect()
+        self.started = True
+
+    def disconnect(self) -> None:
+        """Close the port (its board is going off); :meth:`reconnect` opens it again."""
+        console, self._console = self._console, None
+        if console is not None:
+            console.close()
+
+    def reconnect(self) -> None:
+        """Close the port if open and open it again, waiting up to ``open_timeout`` for it to appear."""
+        self.require_started("reconnect()")
+        self.disconnect()
+        self._connect()
+
+    def _connect(self) -> None:
         self._console = Console(
-            SerialTransport(port),
+            SerialTransport(self._open()),
             device=self.device_name,
-            timeout=self.ctx.settings["timeout"],
+            timeout=self.ctx.settings.timeout,
             logfile_read=self.ctx.transcript,
         )
-        self.started = True
 
     def _open(self) -> Any:
         import serial
 
         settings = self.ctx.settings
-        open_timeout = float(settings["open_timeout"])
-        deadline = time.monotonic() + open_timeout
+        open_timeout = settings.open_timeout
+        deadline = Deadline(open_timeout, f"serial port {self.ctx.redact(self.url)!r} to open")
         waiter = threading.Event()
         last: Exception | None = None
         while True:
             try:
                 return _open_keeping_input(
-                    serial.serial_for_url(
-                        self.url, baudrate=settings["baudrate"], timeout=0, do_not_open=True
-                    )
+                    serial.serial_for_url(self.url, baudrate=settings.baudrate, timeout=0, do_not_open=True)
                 )
             except (serial.SerialException, OSError, ValueError) as exc:
                 last = exc
-            if isinstance(last, ValueError) or time.monotonic() >= deadline:
+            if isinstance(last, ValueError) or deadline.expired:
                 break
             # Nothing signals that a tty node appears or a TCP server starts listening: poll for it.
-            waiter.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            waiter.wait(deadline.remaining(0.05))
         shown = self.ctx.redact(self.url)
         raise DriverError(
             self.device_name,
@@ -96,21 +123,21 @@ class SerialConsole(Driver):
         )
 
     def stop(self) -> None:
-        console, self._console = self._console, None
         self.started = False
-        if console is not None:
-            console.close()
+        self.disconnect()
 
-    def reset(self, mode: str) -> str | None:
+    def restore(self, mode: str) -> str | None:
         # A serial line has no state of its own to restore; the board behind it might, but that
         # is another device's job.  Reopening (the plugin's fallback) clears our buffers.
         return f"a serial console cannot {mode}; it is reopened instead"
 
     def __getattr__(self, name: str) -> Any:
         # The console fixture is this device; let tests write console.expect(...) as with pexpect.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.console, name)
+        # Only a started console's attributes: a capability check (isinstance with a Protocol)
+        # asks for others and must get False, not an error about the console's state.
+        if name.startswith("_") or self._console is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self._console, name)
 
 
 def _open_keeping_input(port: Any) -> Any:

@@ -10,36 +10,41 @@ import pytest
 #: the target file, and the hooks record what they were called with.
 REC_CONFTEST = """
 import os
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
-from pytest_jumpstarter import Driver, DriverError, Setting, device_fixture
+from pytest_jumpstarter import Driver, DriverError, device_fixture, setting
 
 
-class Rec(Driver):
+@dataclass(frozen=True, kw_only=True)
+class RecSettings:
+    board: str | None = setting(None, kind="ref")
+    fail_start: bool = False
+    can_reset: bool = True
+    events: Path = Path("events.log")
+    say: str = ""
+    slow_stop: bool = False
+    interrupt_start: bool = False
+
+
+class Rec(Driver[RecSettings]):
     name = "rec"
     role = "rec"
-    settings = {
-        "board": Setting("ref", None),
-        "fail_start": Setting("bool", False),
-        "can_reset": Setting("bool", True),
-        "events": Setting("path", "events.log"),
-        "say": Setting("str", ""),
-        "slow_stop": Setting("bool", False),
-        "interrupt_start": Setting("bool", False),
-    }
 
     def note(self, text):
-        with open(self.ctx.settings["events"], "a") as f:
+        with open(self.ctx.settings.events, "a") as f:
             f.write(text + "\\n")
 
     def start(self):
         self.note(f"start {self.ctx.target}/{self.ctx.name}")
         assert self.ctx.workdir.is_dir()
         (self.ctx.workdir / "state").write_text("x")
-        if self.ctx.settings["say"]:
-            self.ctx.transcript.write(self.ctx.settings["say"] + "\\n")
-        if self.ctx.settings["interrupt_start"]:
+        if self.ctx.settings.say:
+            self.ctx.transcript.write(self.ctx.settings.say + "\\n")
+        if self.ctx.settings.interrupt_start:
             raise KeyboardInterrupt  # Ctrl-C in the middle of a boot
-        if self.ctx.settings["fail_start"]:
+        if self.ctx.settings.fail_start:
             raise DriverError(self.ctx.name, "power supply says no (expected 12 V, found 0 V)")
         board = self.ctx.refs.get("board")
         if board is not None:
@@ -47,7 +52,7 @@ class Rec(Driver):
         self.started = True
 
     def stop(self):
-        if self.ctx.settings["slow_stop"] and self.started:
+        if self.ctx.settings.slow_stop and self.started:
             self.started = False
             print("STOPPING", flush=True)
             import threading
@@ -55,9 +60,9 @@ class Rec(Driver):
         self.note(f"stop {self.ctx.target}/{self.ctx.name}")
         self.started = False
 
-    def reset(self, mode):
+    def restore(self, mode):
         self.note(f"reset {self.ctx.name} {mode}")
-        return None if self.ctx.settings["can_reset"] else "the board has no snapshot support"
+        return None if self.ctx.settings.can_reset else "the board has no snapshot support"
 
 
 class Other(Rec):

@@ -300,22 +300,50 @@ def test_ambiguous_role_skips_with_a_reason(rec_pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(["*role 'rec' is served by several devices (one, two)*"])
 
 
-def test_driver_packages_are_not_imported_without_a_target(pytester: pytest.Pytester) -> None:
+def test_without_a_target_only_the_families_fixture_modules_load(pytester: pytest.Pytester) -> None:
+    # The families' top modules define the device fixtures, so they load at every start; their
+    # drivers (and pexpect, PyYAML, qemu.qmp) only when a target needs them.
     pytester.makeconftest(
         """
         import sys
 
         def pytest_sessionfinish(session):
-            loaded = sorted(m for m in sys.modules if m.startswith("pytest_jumpstarter_"))
-            print("driver packages loaded:", loaded or "none")
+            loaded = sorted(
+                m for m in sys.modules
+                if m.startswith("pytest_jumpstarter_") and "." in m or m in ("pexpect", "yaml", "qemu.qmp")
+            )
+            print("driver modules loaded:", loaded or "none")
         """
     )
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = pytester.runpytest_subprocess("-s")
-    result.stdout.fnmatch_lines(["*driver packages loaded: none"])
+    result.stdout.fnmatch_lines(["*driver modules loaded: none"])
     write(pytester, "t.yaml", "name: t\ndevices:\n  console: {driver: serial, url: 'loop://'}\n")
     result = pytester.runpytest_subprocess("-s", "--target=t.yaml")
-    result.stdout.fnmatch_lines(["*driver packages loaded: [[]*'pytest_jumpstarter_serial'*"])
+    result.stdout.fnmatch_lines(["*driver modules loaded: [[]*'pytest_jumpstarter_serial.driver'*"])
+
+
+def test_device_fixtures_come_from_their_families_and_mark_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_vm(qemu_vm): pass
+        def test_flash(flasher): pass
+        def test_tunnel(net_tunnel): pass
+        def test_console(console): pass
+        """
+    )
+    # No target: each is a device test, skipped saying how to give one (not "fixture not found").
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["*needs a target*"])
+    write(pytester, "t.yaml", "name: t\ndevices:\n  console: {driver: serial, url: 'loop://'}\n")
+    result = pytester.runpytest("-rs", "--target=t.yaml")
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines(["*target 't' cannot run this test: no device with role 'qemu_vm'*"])
+    # A family left out takes its fixture along; the others stay.
+    result = pytester.runpytest("--target=t.yaml", "-p", "no:jumpstarter-drivers-qemu")
+    result.assert_outcomes(passed=1, skipped=2, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'qemu_vm' not found*"])
 
 
 def test_a_driver_package_from_the_entry_point_group_is_registered(
@@ -356,3 +384,38 @@ def test_jumpstarter_list_with_xdist_lists_in_this_process(boards: pytest.Pytest
     result.stdout.fnmatch_lines(
         ["  tests that run here (2):", "    test_boards.py::test_uses_rec[[]board-a[]]"]
     )
+
+
+PROBE_CONFTEST = (
+    "import pytest\nfrom pytest_jumpstarter import Driver\n"
+    "class Probe(Driver):\n    name = 'acme-probe'\n    role = 'probe'\n"
+    "@pytest.hookimpl\ndef pytest_jumpstarter_add_drivers():\n    return [Probe]\n"
+)
+PROBE_TEST = "def test_probe(target):\n    assert target.device('probe').started\n"
+PROBE_BOARD = "name: t\ndevices:\n  probe: {driver: acme-probe}\n"
+
+
+def test_a_driver_from_the_conftest_of_the_target_files_folder_is_known(pytester: pytest.Pytester) -> None:
+    # pytest loads hil/conftest.py only when it collects hil/, after the targets are checked.
+    write(pytester, "hil/conftest.py", PROBE_CONFTEST)
+    write(pytester, "hil/test_probe.py", PROBE_TEST)
+    write(pytester, "hil/board.yaml", PROBE_BOARD)
+    pytester.runpytest("--target=hil/board.yaml").assert_outcomes(passed=1)
+    pytester.runpytest("hil", "--target=hil/board.yaml").assert_outcomes(passed=1)
+
+
+def test_a_driver_from_a_conftest_not_loaded_yet_is_unknown_saying_why(pytester: pytest.Pytester) -> None:
+    write(pytester, "tests/hil/conftest.py", PROBE_CONFTEST)
+    write(pytester, "tests/hil/test_probe.py", PROBE_TEST)
+    write(pytester, "boards/board.yaml", PROBE_BOARD)
+    result = pytester.runpytest("--target=boards/board.yaml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*boards/board.yaml:3: devices.probe.driver: unknown driver 'acme-probe'*",
+            "*note: targets are checked at start, when pytest has loaded only the conftest.py files of the rootdir,*"
+            "*name that folder on the command line*",
+        ]
+    )
+    # What the note says works.
+    pytester.runpytest("tests/hil", "--target=boards/board.yaml").assert_outcomes(passed=1)

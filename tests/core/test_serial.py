@@ -21,7 +21,11 @@ from pytest_jumpstarter import ConsoleTimeout, DeviceContext, DriverError, Trans
 
 def make(url: str, **settings: object) -> SerialConsole:
     merged = {"url": url, "baudrate": 115200, "timeout": 5.0, "open_timeout": 2.0, **settings}
-    return SerialConsole(DeviceContext(name="con", target="bench", settings=merged, transcript=Transcript()))
+    return SerialConsole(
+        DeviceContext(
+            name="con", target="bench", settings=SerialConsole.settings_from(merged), transcript=Transcript()
+        )
+    )
 
 
 @pytest.fixture

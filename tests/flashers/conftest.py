@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_jumpstarter.driver import DeviceContext
+from pytest_jumpstarter.driver import DeviceContext, Driver
 
 MIB = 1024 * 1024
 
@@ -27,9 +27,14 @@ def make_image(path: Path, size: int, data_at: dict[int, bytes]) -> bytes:
     return path.read_bytes()
 
 
-def context(name: str, settings: dict[str, Any], tmp_path: Path, **extra: Any) -> DeviceContext:
+def context(
+    name: str, driver: type[Driver[Any]], settings: dict[str, Any], tmp_path: Path, **extra: Any
+) -> DeviceContext[Any]:
+    """A context whose settings ``driver`` built from ``settings`` as the target loader would."""
     lines: list[str] = []
-    ctx = DeviceContext(name=name, target="test-target", settings=settings, workdir=tmp_path, **extra)
+    raw = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
+    typed = driver.settings_from(raw, tmp_path)
+    ctx = DeviceContext(name=name, target="test-target", settings=typed, workdir=tmp_path, **extra)
     ctx.progress = lines.append
     ctx.extra["progress_lines"] = lines
     return ctx

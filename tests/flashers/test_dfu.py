@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from pytest_jumpstarter_flashers.dfu import DfuFlasher
-from pytest_jumpstarter_flashers.dfu_sim import (
+from pytest_jumpstarter_flashers.testing.dfu_sim import (
     ABORT,
     DETACH,
     DNLOAD,
@@ -25,8 +25,7 @@ from .conftest import MIB, context, make_image
 
 
 def dfu_flasher(tmp_path: Path, device: SimulatedDfuDevice, **settings: Any) -> DfuFlasher:
-    defaults = {name: s.default for name, s in DfuFlasher.settings.items() if not s.required}
-    ctx = context("dfu", {**defaults, **settings}, tmp_path)
+    ctx = context("dfu", DfuFlasher, settings, tmp_path)
     ctx.extra["usb_backend"] = SimulatedDfuBackend(device)
     flasher = DfuFlasher(ctx)
     flasher.start()
@@ -180,11 +179,11 @@ def test_missing_device_fails_at_start(tmp_path: Path) -> None:
 
 def test_simulated_backend_from_the_target_description(tmp_path: Path, image: tuple[Path, bytes]) -> None:
     path, data = image
-    defaults = {name: s.default for name, s in DfuFlasher.settings.items() if not s.required}
     flasher = DfuFlasher(
         context(
             "dfu",
-            {**defaults, "backend": "simulated", "simulated_size": MIB, "simulated_alts": ["a", "b"]},
+            DfuFlasher,
+            {"backend": "simulated", "simulated_size": MIB, "simulated_alts": ["a", "b"]},
             tmp_path,
         )
     )

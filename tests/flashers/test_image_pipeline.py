@@ -14,25 +14,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zstandard
 from pytest_jumpstarter_flashers import base
 from pytest_jumpstarter_flashers.block import BlockFlasher
 from pytest_jumpstarter_flashers.progress import Progress
 
 from pytest_jumpstarter.errors import FlashError
+from pytest_jumpstarter.settings import SettingValueError
 
 from .conftest import MIB, HttpServer, context, make_image
 
 
 def block_flasher(tmp_path: Path, target: Path, **settings: object) -> BlockFlasher:
     flasher = BlockFlasher(
-        context("sdmux", {**_defaults(), "path": target, "create": True, **settings}, tmp_path)
+        context("sdmux", BlockFlasher, {"path": target, "create": True, **settings}, tmp_path)
     )
     flasher.start()
     return flasher
-
-
-def _defaults() -> dict[str, object]:
-    return {name: s.default for name, s in BlockFlasher.settings.items() if not s.required}
 
 
 def test_holes_and_zero_blocks_are_not_written_but_read_back_as_zeros(tmp_path: Path, marker: bytes) -> None:
@@ -53,20 +51,25 @@ def test_holes_and_zero_blocks_are_not_written_but_read_back_as_zeros(tmp_path: 
     assert os.stat(target).st_blocks * 512 <= 2 * MIB + 64 * 1024  # the rest stayed holes
 
 
-@pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2", ".zst"])
+def compress(suffix: str, data: bytes) -> bytes:
+    if suffix == ".gz":
+        return gzip.compress(data, 1)
+    if suffix == ".xz":
+        return lzma.compress(data, preset=0)
+    if suffix == ".bz2":
+        return bz2.compress(data, 1)
+    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(data)
+
+
+SUFFIXES = [".gz", ".xz", ".bz2", ".zst"]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
 def test_compressed_images_are_decompressed_as_a_stream(tmp_path: Path, marker: bytes, suffix: str) -> None:
     raw = bytes(2 * MIB) + marker + os.urandom(3 * MIB) + bytes(100)
     image = tmp_path / f"disk.img{suffix}"
-    if suffix == ".gz":
-        image.write_bytes(gzip.compress(raw[:MIB], 1) + gzip.compress(raw[MIB:], 1))  # two members
-    elif suffix == ".xz":
-        image.write_bytes(lzma.compress(raw, preset=0))
-    elif suffix == ".bz2":
-        image.write_bytes(bz2.compress(raw, 1))
-    else:
-        if shutil.which("zstd") is None:
-            pytest.skip("no zstd command (apt-get install zstd)")
-        subprocess.run(["zstd", "-q", "-o", str(image)], input=raw, check=True)
+    # Two members or frames, as `cat a.gz b.gz` makes: one image.
+    image.write_bytes(compress(suffix, raw[:MIB]) + compress(suffix, raw[MIB:]))
     target = tmp_path / "sd.img"
     result = block_flasher(tmp_path, target, checksum="sha256").flash(image)
     assert target.read_bytes() == raw
@@ -74,25 +77,45 @@ def test_compressed_images_are_decompressed_as_a_stream(tmp_path: Path, marker: 
     assert result.checksum == "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
-def test_truncated_compressed_image_fails_naming_where_it_ends(tmp_path: Path, suffix: str) -> None:
-    raw = os.urandom(3 * MIB)
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("cut", ["in the first member", "in the second member"])
+def test_truncated_compressed_image_fails_naming_where_it_ends(tmp_path: Path, suffix: str, cut: str) -> None:
+    first, second = compress(suffix, os.urandom(MIB)), compress(suffix, os.urandom(2 * MIB))
+    packed = first[: len(first) // 2] if cut == "in the first member" else first + second[:-40]
     image = tmp_path / f"disk.img{suffix}"
-    if suffix == ".gz":
-        packed = gzip.compress(raw, 1)
-    elif suffix == ".xz":
-        packed = lzma.compress(raw, preset=0)
-    else:
-        if shutil.which("zstd") is None:
-            pytest.skip("no zstd command (apt-get install zstd)")
-        packed = subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True, check=True).stdout
-    image.write_bytes(packed[: len(packed) * 2 // 3])
+    image.write_bytes(packed)
     with pytest.raises(FlashError) as info:
         block_flasher(tmp_path, tmp_path / "sd.img").flash(image)
     message = str(info.value)
     assert "block flash of disk" in message
+    assert str(image) in message
     assert "truncated" in message
     assert "bytes of output" in message
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_corrupt_compressed_image_fails_naming_the_image(tmp_path: Path, suffix: str) -> None:
+    packed = bytearray(compress(suffix, bytes(range(256)) * 8192))
+    packed[len(packed) // 2 : len(packed) // 2 + 64] = os.urandom(64)
+    image = tmp_path / f"disk.img{suffix}"
+    image.write_bytes(bytes(packed))
+    with pytest.raises(FlashError, match=rf"(?s)block flash of disk.*{image}.*(corrupt|ends early)"):
+        block_flasher(tmp_path, tmp_path / "sd.img").flash(image)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_empty_compressed_file_is_not_an_empty_image(tmp_path: Path, suffix: str) -> None:
+    image = tmp_path / f"disk.img{suffix}"
+    image.write_bytes(b"")
+    with pytest.raises(FlashError, match=r"the file is empty, not \w+ data|ends early after 0 bytes"):
+        block_flasher(tmp_path, tmp_path / "sd.img").flash(image)
+
+
+def test_truncated_compressed_download_is_a_flash_error(tmp_path: Path, http_server: HttpServer) -> None:
+    (http_server.root / "disk.img.xz").write_bytes(compress(".xz", os.urandom(3 * MIB)))
+    http_server.truncate("disk.img.xz", MIB)
+    with pytest.raises(FlashError, match=r"(?s)block flash of disk.*truncated download"):
+        block_flasher(tmp_path, tmp_path / "sd.img").flash(http_server.url("disk.img.xz"))
 
 
 def test_image_from_http_url_is_streamed(tmp_path: Path, http_server: HttpServer, marker: bytes) -> None:
@@ -178,9 +201,30 @@ def test_unknown_target_lists_what_exists(tmp_path: Path) -> None:
         flasher.flash(tmp_path / "x.img", target="rootfs")
 
 
-def test_bad_partition_spec_is_reported_by_check() -> None:
-    problems = list(BlockFlasher.check({"partitions": {"boot": "disk:lots"}}))
-    assert problems and problems[0][0] == "partitions.boot"
+def test_partitions_are_read_in_their_short_and_long_forms(tmp_path: Path) -> None:
+    settings = BlockFlasher.settings_from(
+        {"path": "sd.img", "partitions": {"a": "disk:1M+64M", "b": 4096, "c": {"offset": "2M"}}}, tmp_path
+    )
+    assert settings.partitions == {
+        "a": base.Partition(storage="disk", offset=MIB, size=64 * MIB),
+        "b": base.Partition(offset=4096),
+        "c": base.Partition(offset=2 * MIB),
+    }
+    assert settings.path == tmp_path / "sd.img"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("disk:lots", "partitions: boot: offset: expected a size such as 256M or 1G, found string 'lots'"),
+        ("1M+", "partitions: boot: expected '[STORAGE:]OFFSET[+SIZE]' such as 'disk:1M+64M'"),
+        ({"ofset": "1M"}, "partitions: boot: ofset: unknown key 'ofset'; did you mean 'offset'?"),
+    ],
+)
+def test_a_bad_partition_names_itself(spec: object, message: str) -> None:
+    with pytest.raises(SettingValueError) as info:
+        BlockFlasher.settings_from({"path": "/dev/null", "partitions": {"boot": spec}})
+    assert str(info.value).startswith(message)
 
 
 def test_progress_is_rate_limited() -> None:

@@ -46,8 +46,9 @@ def test_misspelt_flasher_setting_is_reported_before_any_test(pytester: pytest.P
     result = pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider")
     result.stderr.fnmatch_lines(
         [
-            "*target.yaml:3: devices.flasher.partitions.boot: expected a size such as 256M*found string 'lots'",
             "*target.yaml:8: devices.flasher.simulated_sise: unknown setting*did you mean 'simulated_size'?*",
+            # A nested setting's mistake is located at its own line.
+            "*target.yaml:9: devices.flasher.partitions.boot.offset: expected a size such as 256M*found string 'lots'*",
         ]
     )
     assert result.ret != 0
@@ -97,3 +98,63 @@ devices:
         """
     )
     pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+WRONG_BOARDS = """
+name: wrong-boards
+devices:
+  uart0:
+    driver: serial
+    url: loop://
+  qemu_vm:
+    driver: qemu
+    bios: /dev/null
+    autostart: false
+  disk_flasher:
+    driver: qemu-disk
+    board: uart0
+  uboot_flasher:
+    driver: uboot-tftp
+    board: uart0
+"""
+
+
+def test_a_flasher_whose_board_lacks_what_it_needs_is_a_located_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makefile(".yaml", target=WRONG_BOARDS)
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*target.yaml:12: devices.disk_flasher.board: device 'uart0' (driver serial) does not provide "
+            "Power (on, off, cycle) and DiskHost (disk_path, disk_format, set_disk, new_disk_file); "
+            "devices that do: qemu_vm",
+            "*target.yaml:15: devices.uboot_flasher.board: device 'uart0' (driver serial) does not provide "
+            "Power (on, off, cycle); devices that do: qemu_vm",
+            "*target.yaml:15: devices.uboot_flasher.board: uboot-tftp needs a tftp_root: set tftp_root or use "
+            "a board that provides TftpHost (tftp_root); device 'uart0' (driver serial) does not",
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_uboot_tftp_with_its_own_tftp_root_needs_no_tftp_host(pytester: pytest.Pytester) -> None:
+    pytester.makefile(
+        ".yaml",
+        target="""
+name: own-root
+devices:
+  qemu_vm: {driver: qemu, bios: /dev/null, autostart: false}
+  uart0: {driver: serial, url: "loop://"}
+  flasher: {driver: uboot-tftp, board: uart0, tftp_root: /srv/tftp}
+""",
+    )
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*target.yaml:5: devices.flasher.board: device 'uart0' (driver serial)*Power*"]
+    )
+    assert "tftp_root" not in result.stderr.str()

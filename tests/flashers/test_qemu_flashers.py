@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pytest_jumpstarter_flashers import base
 from pytest_jumpstarter_flashers.qemu_disk import QemuDiskFlasher
-from pytest_jumpstarter_flashers.tftp import netns_tftp
+from pytest_jumpstarter_flashers.testing.tftp import netns_tftp
 from pytest_jumpstarter_flashers.uboot import UBootTftpFlasher
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
@@ -28,16 +28,6 @@ qemu = pytest.importorskip("pytest_jumpstarter_qemu", reason="the QEMU board dri
 images_mod = pytest.importorskip("pytest_jumpstarter_qemu.images")
 
 pytestmark = pytest.mark.qemu
-
-
-def typed(cls: Any, settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Settings coerced as the target loader does, with the declared defaults filled in."""
-    values = {name: s.default for name, s in cls.settings.items() if not s.required}
-    for key, value in settings.items():
-        values[key] = (
-            value if cls.settings[key].kind in ("ref", "any") else coerce(cls.settings[key], value, workdir)
-        )
-    return values
 
 
 def make_board(settings: dict[str, Any], workdir: Path, name: str) -> Any:
@@ -56,7 +46,7 @@ def make_flasher(cls: Any, board: Any, workdir: Path, **settings: Any) -> Any:
     ctx = DeviceContext(
         name="flasher",
         target="flash-test",
-        settings=typed(cls, {"board": board.device_name, **settings}, workdir),
+        settings=cls.settings_from({"board": board.device_name, **settings}, workdir),
         refs={"board": board},
         workdir=workdir,
         progress=lines.append,
@@ -280,7 +270,7 @@ def test_board_reset_mid_flash_is_reported_as_a_reset(
     message = str(info.value)
     assert "chunk 1 (image offset 4194304" in message
     assert "the board reset while running 'tftpboot" in message
-    flasher._interrupt(10.0)  # stop the autoboot that follows the reset: the next test starts clean
+    flasher.interrupt(10.0)  # stop the autoboot that follows the reset: the next test starts clean
 
 
 def test_board_that_dies_mid_flash_is_reported_dead_not_as_a_timeout(

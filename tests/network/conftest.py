@@ -12,7 +12,6 @@ import os
 import random
 import selectors
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,9 +31,11 @@ from net_support import (
     TunnelFactory,
 )
 from pytest_jumpstarter_network import TcpRelay
-from pytest_jumpstarter_network.echo_server import EchoServer
+from pytest_jumpstarter_network.testing.echo_server import EchoServer
 
 from pytest_jumpstarter import DeviceContext, Driver
+from pytest_jumpstarter.process import Child, spawn
+from pytest_jumpstarter.waiting import Deadline
 
 
 def _ip(*args: str) -> None:
@@ -104,30 +105,23 @@ def ns_servers(netns: Namespace, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @contextlib.contextmanager
-def _process(command: list[str], ready: bytes, timeout: float = 10.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` in its own process group until the block ends; wait for ``ready`` on stdout."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+def _process(command: list[str], ready: bytes, timeout: float = 10.0) -> Iterator[Child]:
+    """Run ``command`` as a child (own session, dies with us) until the block ends; wait for ``ready``."""
+    with spawn(command, device="test-server", stdout=subprocess.PIPE, stderr="stdout") as proc:
         assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout, f"{command} to print {ready!r}")
         seen = b""
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
             while ready not in seen:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
+                if deadline.expired or not sel.select(deadline.remaining()):
                     raise RuntimeError(f"{command} did not print {ready!r} within {timeout}s: {seen!r}")
                 chunk = os.read(proc.stdout.fileno(), 4096)
                 if not chunk:
-                    raise RuntimeError(f"{command} exited ({proc.wait(5)}) before {ready!r}: {seen!r}")
+                    proc.wait(5)
+                    raise RuntimeError(f"{command} exited ({proc.returncode}) before {ready!r}: {seen!r}")
                 seen += chunk
         yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 @pytest.fixture
@@ -135,19 +129,17 @@ def make_relay(tmp_path: Path) -> Iterator[TunnelFactory]:
     """Build and start ``tcp-relay`` tunnels (stopped after the test): ``make_relay(address=..., ...)``."""
     made: list[TcpRelay] = []
 
-    def make(board: Driver | None = None, **settings: Any) -> TcpRelay:
-        full: dict[str, Any] = {
-            "board": None,
-            "address": None,
-            "forwards": {},
-            "listen": "127.0.0.1",
-            "connect_timeout": 5.0,
-        }
-        full.update(settings)
+    def make(board: Driver[Any] | None = None, **settings: Any) -> TcpRelay:
         refs = {"board": board} if board is not None else {}
         if board is not None:
-            full["board"] = board.device_name
-        ctx = DeviceContext(name="tunnel", target="nettest", settings=full, refs=refs, workdir=tmp_path)
+            settings["board"] = board.device_name
+        ctx = DeviceContext(
+            name="tunnel",
+            target="nettest",
+            settings=TcpRelay.settings_from(settings, tmp_path),
+            refs=refs,
+            workdir=tmp_path,
+        )
         tunnel = TcpRelay(ctx)
         tunnel.start()
         made.append(tunnel)

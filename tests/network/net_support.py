@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_jumpstarter_network import TcpRelay
 
@@ -24,12 +25,14 @@ class Namespace:
         return ["ip", "netns", "exec", self.name]
 
 
-class NamespaceHost(Driver):
+class NamespaceHost(Driver[Any]):
     """A 'board' that is a host in a network namespace: reachable by IP, nothing else."""
 
     name = "netns-host"
+    #: Addressable: set per instance.
+    guest_address: str | None
 
-    def __init__(self, ctx: DeviceContext, address: str) -> None:
+    def __init__(self, ctx: DeviceContext[Any], address: str) -> None:
         super().__init__(ctx)
         self.guest_address = address
 

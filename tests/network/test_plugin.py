@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pytest_jumpstarter_network.echo_server import EchoServer
+from pytest_jumpstarter_network.testing.echo_server import EchoServer
 from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
 
 pytestmark = pytest.mark.timeout(240)
@@ -149,3 +149,44 @@ def test_two_xdist_workers_forwarding_the_same_guest_port_get_different_host_por
     ports = {path.name: int(path.read_text()) for path in ports_dir.iterdir()}
     assert set(ports) == {"gw0", "gw1"}
     assert ports["gw0"] != ports["gw1"]
+
+
+def test_a_tunnel_whose_board_lacks_what_it_needs_is_a_located_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makefile(
+        ".yaml",
+        wrong="""
+            name: wrong-boards
+            devices:
+              uart0:
+                driver: serial
+                url: loop://
+              qemu_vm:
+                driver: qemu
+                bios: /dev/null
+                autostart: false
+              slirp:
+                driver: qemu-user-forward
+                board: uart0
+                forwards:
+                  ssh: 22
+                  agent: unix:/run/agent.sock
+              relay:
+                driver: tcp-relay
+                board: uart0
+            """,
+    )
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--target=wrong.yaml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*wrong.yaml:12: devices.slirp.board: device 'uart0' (driver serial) does not provide "
+            "UserNetwork (boots, forward, hostfwd_add, hostfwd_remove) and PowerState (is_running) and "
+            "QmpHost (execute, hmp, wait_event); devices that do: qemu_vm",
+            "*wrong.yaml:15: devices.slirp.forwards.agent: expected a port number, found "
+            "unix:/run/agent.sock (unix: targets need driver tcp-relay)",
+            "*wrong.yaml:18: devices.relay.board: device 'uart0' (driver serial) does not provide "
+            "Addressable (guest_address); devices that do: qemu_vm",
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()

@@ -21,7 +21,7 @@ from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
 
 from pytest_jumpstarter import DeviceContext, Driver, Transcript, TunnelError
-from pytest_jumpstarter.settings import coerce
+from pytest_jumpstarter.settings import SettingValueError, coerce
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(180)]
 
@@ -50,16 +50,10 @@ def linux_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         board.stop()
 
 
-def make_tunnel(board: Driver, workdir: Path, **settings: Any) -> QemuUserForward:
-    full: dict[str, Any] = {
-        "board": board.device_name,
-        "host": "127.0.0.1",
-        "relay": False,
-        "forwards": {"http": 80, "echo": 7},
-        "listen": "127.0.0.1",
-        "connect_timeout": 5.0,
-    }
-    full.update(settings)
+def make_tunnel(board: Driver[Any], workdir: Path, **settings: Any) -> QemuUserForward:
+    full = QemuUserForward.settings_from(
+        {"board": board.device_name, "forwards": {"http": 80, "echo": 7}, **settings}, workdir
+    )
     ctx = DeviceContext(
         name="tunnel", target="nettest", settings=full, refs={"board": board}, workdir=workdir
     )
@@ -165,8 +159,8 @@ def test_a_forward_slirp_cannot_make_names_board_and_port(linux_board: Any, tmp_
 
 
 def test_unix_targets_are_rejected_for_a_slirp_board() -> None:
-    problems = dict(QemuUserForward.check({"forwards": {"agent": "unix:/run/agent.sock"}}))
-    assert "tcp-relay" in problems["forwards.agent"]
+    with pytest.raises(SettingValueError, match=r"forwards.agent: .*unix: targets need driver tcp-relay"):
+        QemuUserForward.settings_from({"board": "b", "forwards": {"agent": "unix:/run/agent.sock"}})
 
 
 def test_forwards_are_removed_on_stop(linux_board: Any, tmp_path: Path) -> None:

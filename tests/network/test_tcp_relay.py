@@ -15,7 +15,7 @@ import pytest
 from net_support import COUNT_PORT, ECHO_PORT, HTTP_BODY, UDP_PORT, Namespace, NamespaceHost, TunnelFactory
 from pytest_jumpstarter_network import ImpairmentError, TcpRelay
 
-from pytest_jumpstarter import DeviceContext, DeviceStateError, Network, TunnelError
+from pytest_jumpstarter import DeviceContext, DeviceStateError, Network, SettingValueError, TunnelError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,7 +172,7 @@ def test_after_stop_the_forwarded_port_refuses_and_open_connections_end(
     ctx = DeviceContext(
         name="tunnel",
         target="nettest",
-        settings={"address": ns_servers.ns_ip, "forwards": {}, "listen": "127.0.0.1", "connect_timeout": 5.0},
+        settings=TcpRelay.settings_from({"address": ns_servers.ns_ip}),
         workdir=tmp_path,
     )
     tunnel = TcpRelay(ctx)
@@ -322,10 +322,24 @@ def test_board_without_an_address_is_reported_by_name(make_relay: TunnelFactory)
         make_relay(board=board)
 
 
-def test_settings_check_names_the_bad_forward_and_the_missing_address() -> None:
-    problems = dict(TcpRelay.check({"forwards": {"ssh": 22, "web": "eighty", "big": 70000}}))
-    assert set(problems) == {"forwards.web", "forwards.big", "address"}
-    assert "'eighty'" in problems["forwards.web"]
+def test_settings_name_the_bad_forward_and_the_missing_address(tmp_path: Path) -> None:
+    with pytest.raises(
+        SettingValueError, match=r"forwards: web: expected a port number 1..65535 or unix:PATH"
+    ):
+        TcpRelay.settings_from({"address": "h", "forwards": {"ssh": 22, "web": "eighty"}})
+    with pytest.raises(
+        SettingValueError, match=r"forwards.big: expected a port number 1..65535, found 70000"
+    ):
+        TcpRelay.settings_from({"address": "h", "forwards": {"big": 70000}})
+    with pytest.raises(
+        SettingValueError, match=r"address: tcp-relay needs address: \(the board's IP\) or board:"
+    ):
+        TcpRelay.settings_from({})
+    settings = TcpRelay.settings_from({"address": "h", "forwards": "ssh=22, agent=unix:agent.sock"}, tmp_path)
+    assert {name: f.target for name, f in settings.forwards.items()} == {
+        "ssh": 22,
+        "agent": tmp_path / "agent.sock",  # relative to the target file's folder, as every path
+    }
 
 
 def test_a_reset_from_the_board_reaches_the_client_as_a_reset(make_relay: TunnelFactory) -> None:

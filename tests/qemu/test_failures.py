@@ -65,8 +65,8 @@ def test_a_kernel_panic_at_boot_fails_at_once(make_board: MakeBoard, images: Ima
 def test_qemu_killed_mid_test_is_reported_as_exited(make_board: MakeBoard, images: Images) -> None:
     board = make_board(linux_settings(images))
     board.start()
-    assert board._proc is not None
-    os.kill(board._proc.pid, signal.SIGKILL)
+    assert board.pid is not None
+    os.kill(board.pid, signal.SIGKILL)
     with pytest.raises(DeviceExited, match="killed by signal 9") as info:
         board.console.run("echo still there?", timeout=30)
     assert "qemu-system-x86_64" in " ".join(info.value.command)
@@ -97,7 +97,7 @@ def test_qemu_dies_with_a_sigkilled_owner(images: Images, tmp_path: Path) -> Non
         board = board_from(settings, Path({str(tmp_path)!r}))
         board.start()
         board._launch("tcg")  # QEMU runs (paused at first); we need the process, not the boot
-        print(board._proc.pid, flush=True)
+        print(board.process.pid, flush=True)
         sys.stdin.read()
         """
     )
@@ -122,9 +122,9 @@ def test_qemu_dies_with_a_sigkilled_owner(images: Images, tmp_path: Path) -> Non
 def test_stop_leaves_no_process_and_no_files(make_board: MakeBoard, images: Images) -> None:
     board = make_board(linux_settings(images, disks={"scratch": "4M"}, network={"tftp": True}))
     board.start()
-    assert board._proc is not None
-    pid = board._proc.pid
-    assert board._sockdir is None  # the socket files go as soon as QEMU has connected
+    assert board.process is not None
+    pid = board.process.pid
+    assert board.process.sockdir is None  # the socket files go as soon as QEMU has connected
     scratch = board.disk_path("scratch")
     assert scratch.stat().st_size == 4 * 1024 * 1024
     board.stop()
@@ -161,8 +161,10 @@ def test_accel_auto_boots_with_what_really_works(make_board: MakeBoard, images: 
     """KVM only after a probe boots (here /dev/kvm may exist while KVM aborts or hangs): else TCG."""
     board = make_board(linux_settings(images, accel="auto"))
     board.start()
-    accel = board._command[board._command.index("-accel") + 1].split(",")[0]  # tcg,tb-size=32 -> tcg
-    assert accel == board._accel_resolved
+    assert board.process is not None
+    command = board.process.command
+    accel = command[command.index("-accel") + 1].split(",")[0]  # tcg,tb-size=32 -> tcg
+    assert accel == board.accel
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         assert accel == "tcg"
     assert board.console.run("echo booted").output == "booted"

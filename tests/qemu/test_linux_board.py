@@ -37,7 +37,7 @@ def board(images: Images, base_disk: Path, tmp_path_factory: pytest.TempPathFact
     board = board_from(settings, tmp_path_factory.mktemp("board"))
     board.start()
     yield board
-    pid = board._proc.pid if board._proc else None
+    pid = board.pid
     board.stop()
     assert pid not in qemu_pids()
 
@@ -128,25 +128,25 @@ def test_set_disk_refuses_a_running_board(board: QemuBoard, tmp_path: Path) -> N
 
 def test_reset_reboots_the_guest(board: QemuBoard) -> None:
     before = boot_id(board)
-    pid = board._proc.pid if board._proc else None
+    pid = board.pid
     board.reset()
     assert boot_id(board) != before
-    assert board._proc is not None and board._proc.pid == pid  # same QEMU, warm reset
+    assert board.pid is not None and board.pid == pid  # same QEMU, warm reset
 
 
 def test_cycle_cold_boots_a_fresh_qemu(board: QemuBoard) -> None:
     before = boot_id(board)
-    old_pid = board._proc.pid if board._proc else None
+    old_pid = board.pid
     board.cycle()
     assert boot_id(board) != before
-    assert board._proc is not None and board._proc.pid != old_pid
+    assert board.pid is not None and board.pid != old_pid
     assert old_pid not in qemu_pids()
     # The disk survives a power cycle, as on hardware.
     assert board.console.run("head -c 16 /dev/vda").output == "written-by-guest"
 
 
 def test_off_powers_down_cleanly_through_acpi(board: QemuBoard) -> None:
-    proc = board._proc
+    proc = board.process
     assert proc is not None
     board.off()
     assert not board.is_running

@@ -66,11 +66,11 @@ def test_a_killed_qemu_fails_its_test_and_the_next_test_gets_a_fresh_board(
 
         def record(board):
             with open({str(pids)!r}, "a") as f:
-                f.write(f"{{board._proc.pid}}\\n")
+                f.write(f"{{board.pid}}\\n")
 
         def test_killed(qemu_vm):
             record(qemu_vm)
-            os.kill(qemu_vm._proc.pid, signal.SIGKILL)
+            os.kill(qemu_vm.pid, signal.SIGKILL)
             qemu_vm.console.run("echo unreachable")
 
         def test_next(qemu_vm):

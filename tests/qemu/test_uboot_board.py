@@ -13,7 +13,8 @@ from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.images import UBOOT_ARM64, Images, require_images
 from qemu_board_helpers import board_from, qemu_pids, uboot_settings
 
-from pytest_jumpstarter.console import UBootShell
+from pytest_jumpstarter.errors import BoardReset
+from pytest_jumpstarter.uboot import UBootShell
 
 pytestmark = pytest.mark.qemu
 
@@ -27,7 +28,7 @@ def uboot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuBoard]:
     )
     board.start()
     yield board
-    pid = board._proc.pid if board._proc else None
+    pid = board.pid
     board.stop()
     assert pid not in qemu_pids()
 
@@ -74,12 +75,30 @@ def test_reset_stops_autoboot_again(uboot: QemuBoard) -> None:
     assert uboot.console.run("echo again").output == "again"
 
 
+def test_interrupt_at_an_idle_prompt_whose_output_was_read_returns_at_once(uboot: QemuBoard) -> None:
+    # The state a board's power-on leaves for the uboot-tftp flasher: nothing more will be printed.
+    uboot.console.drain(quiet=0.2)
+    uboot.uboot.interrupt(5.0)
+    uboot.console.send("echo half-typed")  # a half-typed line is cancelled, not run
+    uboot.uboot.interrupt(5.0)
+    assert uboot.uboot.run("echo idle").output == "idle"
+
+
+def test_a_board_that_resets_under_a_command_is_reported_as_reset(uboot: QemuBoard) -> None:
+    with pytest.raises(
+        BoardReset, match=r"the board reset while running 'reset' \(console showed 'U-Boot 20"
+    ):
+        uboot.uboot.run("reset", timeout=20)
+    uboot.uboot.interrupt(20.0)  # the countdown that follows: stopped again
+    assert uboot.uboot.run("echo back").output == "back"
+
+
 def test_power_off_with_unread_console_output_quits_cleanly(make_board, images: Images) -> None:
     # U-Boot autobooting after a reset prints while nobody reads; QEMU then left QMP quit and
     # SIGTERM unanswered and had to be killed.  off() must still end it through QMP quit (exit 0).
     board = make_board(uboot_settings(images, network={"tftp": True}, boot_timeout="30s"))
     board.start()
-    proc = board._proc
+    proc = board.process
     assert proc is not None
     since = len(board.events)
     board.execute("system_reset")

@@ -34,7 +34,7 @@ def test_a_uboot_board_gets_its_booted_environment_back_without_a_new_qemu(tmp_p
         for _ in range(2):
             assert board.uboot.run("printenv jsmark").status != 0, "an earlier change survived the restore"
             board.uboot.run("setenv jsmark dirty").check()
-            assert board.reset("snapshot") is None
+            assert board.restore("snapshot") is None
         assert (board.pid, board.boots) == (pid, 1)
     finally:
         board.stop()

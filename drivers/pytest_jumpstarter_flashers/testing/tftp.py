@@ -1,10 +1,10 @@
 """A read-only TFTP server (RFC 1350, with the blksize/tsize/timeout options of RFC 2347-2349), and a
 network namespace with a TAP device that a QEMU board can sit on while the server answers inside it.
 
-For boards that are not on QEMU's user-mode network (whose built-in TFTP is used otherwise): a TAP
-board in a lab, or a test that must stop the server mid-transfer.  The server runs as its own process
-(``python -m pytest_jumpstarter_flashers.tftp --root DIR --address IP``), inside the namespace when
-there is one, so killing it is as real as a TFTP server going down.
+A test double: the ``uboot-tftp`` flasher uses the board's own TFTP folder (QEMU's user-mode
+network); this is for a test that must take a TFTP server down mid-transfer.  The server runs as its
+own process (``python -m pytest_jumpstarter_flashers.testing.tftp --root DIR --address IP``), inside
+the namespace, so killing it is as real as a TFTP server going down.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_jumpstarter.errors import DriverError
+from pytest_jumpstarter.process import Child, run, spawn
+from pytest_jumpstarter.waiting import Deadline
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 ERR_NOT_FOUND, ERR_ACCESS, ERR_ILLEGAL = 1, 2, 4
@@ -83,9 +84,9 @@ def _data_packets(data: bytes, block_size: int) -> Iterator[tuple[int, bytes]]:
 
 
 def _wait_ack(sock: socket.socket, client: tuple[str, int], number: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([sock], [], [], left)
+    deadline = Deadline(timeout, f"ACK {number}")
+    while not deadline.expired:
+        ready, _, _ = select.select([sock], [], [], deadline.remaining())
         if not ready:
             return False
         packet, sender = sock.recvfrom(65536)
@@ -154,7 +155,7 @@ class NetnsTftp:
     server_address: str = "10.0.3.1"
     board_address: str = "10.0.3.2"
     qemu_binary: Path | None = None
-    server: subprocess.Popen[bytes] | None = None
+    server: Child | None = None
 
     def qemu_args(self, device: str = "virtio-net-device") -> list[str]:
         return ["-netdev", f"tap,id=tapnet,ifname={self.tap},script=no,downscript=no",
@@ -162,14 +163,14 @@ class NetnsTftp:
 
     def kill_server(self) -> None:
         """Stop the TFTP server at once (SIGKILL): it just stops answering, as a crashed server does."""
-        if self.server is not None and self.server.poll() is None:
-            os.killpg(self.server.pid, signal.SIGKILL)
-            self.server.wait(timeout=10)
+        if self.server is not None:
+            self.server.kill(timeout=10)
 
     def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-            self.kill_server()
-        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=30)
+        if self.server is not None:
+            self.server.close()
+        with contextlib.suppress(DriverError):
+            run(["ip", "netns", "delete", self.name], device="tftp", timeout=30)
 
 
 _serial = itertools.count(1)
@@ -198,18 +199,19 @@ def netns_tftp(root: Path, qemu: str) -> Iterator[NetnsTftp]:
         wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {env.name} {shutil.which(qemu) or qemu} "$@"\n')
         wrapper.chmod(0o755)
         env.qemu_binary = wrapper
-        server = [sys.executable, "-m", "pytest_jumpstarter_flashers.tftp", "--address", env.server_address]
-        env.server = subprocess.Popen(
-            [*inside, *server, "--root", str(root)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        server = [sys.executable, "-m", __spec__.name, "--address", env.server_address]
+        env.server = spawn(
+            [*inside, *server, "--root", str(root)], device="tftp", stdout=subprocess.PIPE, stderr="tail"
         )
         assert env.server.stdout is not None
         ready, _, _ = select.select([env.server.stdout], [], [], 15)
         line = env.server.stdout.readline().decode(errors="replace") if ready else ""
         if "serving" not in line:
-            raise DriverError("tftp", f"the TFTP server in namespace {env.name} did not start: {line!r}")
+            raise DriverError(
+                "tftp",
+                f"the TFTP server in namespace {env.name} did not start: {line!r}"
+                f" (stderr: {env.server.stderr_tail(5) or 'none'})",
+            )
         yield env
     finally:
         env.close()
@@ -220,9 +222,7 @@ def _ip(*args: str) -> None:
 
 
 def _run(command: list[str]) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise DriverError("tftp", f"{' '.join(command)} failed: {result.stderr.strip()}")
+    run(command, device="tftp", timeout=30)
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Small servers to point a tunnel at: TCP echo, TCP discard-and-count, UDP echo.
 
-Run as ``python -m pytest_jumpstarter_network.echo_server --host 10.0.0.2`` (inside a network
+Run as ``python -m pytest_jumpstarter_network.testing.echo_server --host 10.0.0.2`` (inside a network
 namespace, say, with ``ip netns exec``).  It prints one line ``READY echo=P count=P udp=P`` once every
 socket listens, then serves until killed or until its stdin closes (so it dies with its parent).
 
@@ -13,17 +13,16 @@ socket listens, then serves until killed or until its stdin closes (so it dies w
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import selectors
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
+
+from pytest_jumpstarter.process import Child, spawn
+from pytest_jumpstarter.waiting import Deadline
 
 
 def _echo(conn: socket.socket) -> None:
@@ -104,17 +103,11 @@ class EchoServer:
         self.extra_args = list(extra_args)
         self.timeout = timeout
         self.ports: dict[str, int] = {}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Child | None = None
 
     def __enter__(self) -> EchoServer:
         command = [*self.prefix, sys.executable, "-m", __spec__.name, "--host", self.host, *self.extra_args]
-        self.proc = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        self.proc = spawn(command, device="echo-server", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             line = self._read_line(self.proc, command)
             self.ports = {k: int(v) for k, v in (item.split("=") for item in line.split()[1:])}
@@ -123,35 +116,28 @@ class EchoServer:
             raise
         return self
 
-    def _read_line(self, proc: subprocess.Popen[bytes], command: list[str]) -> str:
+    def _read_line(self, proc: Child, command: list[str]) -> str:
         assert proc.stdout is not None
-        deadline = time.monotonic() + self.timeout
+        deadline = Deadline(self.timeout, "READY")
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if sel.select(deadline - time.monotonic()):
+            while not deadline.expired:
+                if sel.select(deadline.remaining()):
                     line = proc.stdout.readline().decode()
                     if line.startswith("READY"):
                         return line
                     break
-        stderr = b""
-        if proc.poll() is not None and proc.stderr is not None:
-            stderr = proc.stderr.read()
+        stderr = proc.stderr_tail() if not proc.running else ""
         raise RuntimeError(
             f"echo server {' '.join(command)!r} did not report READY within {self.timeout}s "
-            f"(exit status {proc.poll()}); stderr: {stderr.decode(errors='replace').strip() or '(none)'}"
+            f"(exit status {proc.returncode}); stderr: {stderr.strip() or '(none)'}"
         )
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc is not None:
+            proc.kill(10)
+            proc.close()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -1,0 +1,30 @@
+"""Boards made of parts: ``board`` (a power device plus a console device) and ``command-power``.
+
+``board`` is the composite board's role and the fixture that serves it.  Importing this module is
+cheap; the drivers load with a target.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_jumpstarter import device_fixture
+
+if TYPE_CHECKING:
+    from pytest_jumpstarter.driver import Driver
+
+
+# Not bound to the name ``board``: importing the submodule .board sets that attribute.
+board_fixture = device_fixture(
+    "board", doc="The composite board (driver board: power + console) of the current target."
+)
+
+
+@pytest.hookimpl
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
+    from .board import Board
+    from .command_power import CommandPower
+
+    return [Board, CommandPower]

@@ -1,0 +1,37 @@
+"""Boards of a Jumpstarter lab (``driver: jumpstarter``), leased or standalone, through our fixtures.
+
+Registering costs nothing: the driver modules load with a target, and the Jumpstarter client stack
+(about 1 s and 77 MB to import) only when a ``jumpstarter`` device starts.  It is the optional extra
+``pytest-jumpstarter[jumpstarter]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_jumpstarter.driver import Driver
+
+    from .driver import JumpstarterBoard
+    from .tunnel import JumpstarterNetwork
+
+_WHERE = {"JumpstarterBoard": "driver", "JumpstarterNetwork": "tunnel"}
+__all__ = ["JumpstarterBoard", "JumpstarterNetwork"]
+
+
+@pytest.hookimpl
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
+    from .driver import JumpstarterBoard
+    from .tunnel import JumpstarterNetwork
+
+    return [JumpstarterBoard, JumpstarterNetwork]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{where}", __name__), name)

@@ -1,0 +1,259 @@
+"""One connection to a Jumpstarter exporter: an event-loop thread, the exporter's driver tree, streams.
+
+Everything of the Jumpstarter client stack is imported here, when a ``jumpstarter`` device starts:
+it costs about a second and 77 MB, and a run without such a device must not pay for it.
+
+The client library is asynchronous (anyio); a :class:`Session` runs it in one
+``BlockingPortal`` thread and exposes blocking calls, each bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack, asynccontextmanager
+from typing import Any
+
+from pytest_jumpstarter.errors import DriverError
+
+
+class ExporterUnreachable(DriverError):
+    """The exporter (or the controller) did not answer at its address."""
+
+
+def probe_tcp(device: str, address: str, timeout: float, what: str = "exporter") -> None:
+    """Fail within ``timeout`` seconds, naming ``address``, if nothing accepts TCP connections there."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        raise ExporterUnreachable(
+            device, f"cannot reach the {what} at {address}: {exc} (is it running? is the address right?)"
+        ) from None
+
+
+def tree_paths(root: Any) -> dict[str, Any]:
+    """Every driver of an exporter's tree by its dotted path (``qemu.power``)."""
+    found: dict[str, Any] = {}
+
+    def walk(prefix: str, client: Any) -> None:
+        for name, child in client.children.items():
+            path = f"{prefix}.{name}" if prefix else name
+            found[path] = child
+            walk(path, child)
+
+    walk("", root)
+    return found
+
+
+def client_kind(client: Any) -> str:
+    """A driver client's class as Jumpstarter names it (for listings and errors)."""
+    label: str = client.labels.get("jumpstarter.dev/client", type(client).__name__)
+    return label.rsplit(".", 1)[-1]
+
+
+class StreamTransport:
+    """A :class:`pytest_jumpstarter.console.Transport` over a Jumpstarter byte stream (a console).
+
+    A task on the session's event loop receives into a buffer from the moment the stream opens,
+    so nothing the board prints is lost between opening and the first expect.  :meth:`fail` ends
+    reads at once with a reason (a lost lease), which the console reports instead of a timeout.
+    """
+
+    def __init__(self, session: Session, client: Any) -> None:
+        self._session = session
+        self._buffer = bytearray()
+        self._cond = threading.Condition()
+        self._ended: str | None = None
+        self.failure: BaseException | None = None
+        self._cm = session.portal.wrap_async_context_manager(client.stream_async("connect"))
+        self._stream = self._cm.__enter__()
+        self._pump = session.portal.start_task_soon(self._receive)
+
+    async def _receive(self) -> None:
+        import anyio
+
+        try:
+            while True:
+                data = await self._stream.receive()
+                if data:  # the router sends empty PING frames
+                    with self._cond:
+                        self._buffer += data
+                        self._cond.notify_all()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            self._end(f"the exporter closed the console stream ({type(exc).__name__})")
+        except BaseException as exc:
+            self._end(f"the console stream failed: {type(exc).__name__}: {exc}")
+            raise
+
+    def _end(self, why: str) -> None:
+        with self._cond:
+            if self._ended is None:
+                self._ended = why
+            self._cond.notify_all()
+
+    @property
+    def ended(self) -> str | None:
+        """Why the stream ended, or None while it is open."""
+        return self._ended
+
+    def fail(self, exc: BaseException) -> None:
+        """End the stream for its readers now, with ``exc`` as the explanation."""
+        self.failure = exc
+        self._end(str(exc))
+
+    def read(self, size: int, timeout: float | None) -> bytes:
+        with self._cond:
+            if not self._buffer and self._ended is None:
+                self._cond.wait_for(lambda: bool(self._buffer) or self._ended is not None, timeout)
+            if self._buffer:
+                data = bytes(self._buffer[:size])
+                del self._buffer[:size]
+                return data
+            if self._ended is not None:
+                raise EOFError(self._ended)
+            return b""
+
+    def write(self, data: bytes) -> None:
+        if self._ended is not None:
+            raise EOFError(self._ended)
+        try:
+            self._session.call(self._stream.send, data, timeout=10.0, what="writing to the console")
+        except DriverError as exc:
+            raise EOFError(str(exc)) from exc
+
+    def close(self) -> None:
+        self._pump.cancel()
+        with contextlib.suppress(Exception):
+            self._cm.__exit__(None, None, None)
+        self._end("closed")
+
+
+class Session:
+    """The event-loop thread and the exporter's root driver client, for one device."""
+
+    def __init__(self, device: str) -> None:
+        from anyio.from_thread import start_blocking_portal
+
+        self.device = device
+        self._stack = ExitStack()
+        self.portal = self._stack.enter_context(start_blocking_portal())
+        self._clients = self._stack.enter_context(ExitStack())
+        self.root: Any = None
+        self.paths: dict[str, Any] = {}
+
+    def call(self, func: Callable[..., Any], *args: Any, timeout: float, what: str) -> Any:
+        """``await func(*args)`` on the event loop, failing after ``timeout`` seconds with ``what``."""
+        import anyio
+
+        async def bounded() -> Any:
+            with anyio.fail_after(timeout):
+                return await func(*args)
+
+        try:
+            return self.portal.call(bounded)
+        except TimeoutError:
+            raise DriverError(
+                self.device, f"{what}: no answer from the exporter within {timeout:g}s"
+            ) from None
+
+    def connect_tcp(
+        self,
+        address: str,
+        *,
+        insecure: bool,
+        tls_ca: str | None,
+        passphrase: str | None,
+        timeout: float,
+    ) -> None:
+        """Connect to a standalone exporter (``jmp run --tls-grpc-listener``) and read its driver tree."""
+        from jumpstarter.client import client_from_path
+        from jumpstarter.config.tls import TLSConfigV1Alpha1
+
+        probe_tcp(self.device, address, min(timeout, 5.0))
+        tls = TLSConfigV1Alpha1(ca=tls_ca or "", insecure=False)
+        self._enter(
+            client_from_path(
+                address,
+                self.portal,
+                self._clients,
+                allow=[],
+                unsafe=True,
+                tls_config=tls,
+                insecure=insecure,
+                passphrase=passphrase,
+            ),
+            timeout,
+            f"exporter at {address}",
+        )
+
+    def connect_unix(self, path: str, timeout: float, what: str) -> None:
+        """Connect through a local Unix socket (a lease's router tunnel)."""
+        from jumpstarter.client import client_from_path
+
+        self._enter(client_from_path(path, self.portal, self._clients, allow=[], unsafe=True), timeout, what)
+
+    def enter_async(self, cm: Any) -> Any:
+        """Enter an async context manager on the loop, left at :meth:`close`.
+
+        Not bounded by a cancel scope: ``cm`` may hold a task group (a listener), which must not be
+        entered inside a scope that ends before it does.
+        """
+        return self._stack.enter_context(self.portal.wrap_async_context_manager(cm))
+
+    def _enter(self, cm: Any, timeout: float, what: str) -> None:
+        try:
+            self.root = self._clients.enter_context(
+                self.portal.wrap_async_context_manager(_bounded(cm, timeout))
+            )
+        except TimeoutError:
+            raise ExporterUnreachable(self.device, f"{what} did not answer within {timeout:g}s") from None
+        except ImportError as exc:
+            raise DriverError(
+                self.device,
+                f"{what}: {exc} (the client side needs the driver packages of every driver the exporter "
+                "serves: pip install the jumpstarter-driver-* packages it uses)",
+            ) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("jumpstarter", "grpc")):
+                cause = exc.__cause__
+                detail = f"{type(exc).__name__}: {exc}" + (f" ({cause})" if cause is not None else "")
+                raise ExporterUnreachable(self.device, f"cannot talk to the {what}: {detail}") from exc
+            raise
+        self.paths = tree_paths(self.root)
+
+    def client(self, path: str, key: str) -> Any:
+        """The driver client at ``path`` of the tree, or an error naming the paths that exist."""
+        client = self.paths.get(path)
+        if client is None:
+            have = ", ".join(f"{p} ({client_kind(c)})" for p, c in sorted(self.paths.items())) or "none"
+            raise DriverError(
+                self.device,
+                f"{key}: the exporter has no driver at path {path!r}; its driver tree has: {have}",
+            )
+        return client
+
+    def close(self) -> None:
+        try:
+            self._clients.close()
+        finally:
+            self._stack.close()
+
+
+@asynccontextmanager
+async def _bounded(cm: Any, timeout: float) -> AsyncIterator[Any]:
+    """Enter ``cm`` within ``timeout`` seconds (TimeoutError otherwise); leave it normally."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        value = await cm.__aenter__()
+    try:
+        yield value
+    except BaseException as exc:
+        if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await cm.__aexit__(None, None, None)
