@@ -16,14 +16,14 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import IO, ClassVar, Protocol, runtime_checkable
 
 from pytest_jumpstarter.console import Console, RunResult
 from pytest_jumpstarter.errors import ConsoleTimeout, TransferError
 
 from .client import quote
-from .driver import SshShell
 
 #: Called with the bytes moved so far.
 Progress = Callable[[int], None]
@@ -35,6 +35,15 @@ class Shell(Protocol):
     """Something that runs a shell command on the board (a console, or an SSH shell)."""
 
     def run(self, command: str, timeout: float | None = None) -> RunResult: ...
+
+
+@runtime_checkable
+class SshSession(Protocol):
+    """What ``files`` needs of an ``ssh`` device: commands, and sessions whose stdin or stdout is a
+    byte stream (``stream("cat > f", write=True)``).  Driver ``ssh`` provides it."""
+
+    def run(self, command: str, timeout: float | None = None) -> RunResult: ...
+    def stream(self, command: str, *, write: bool) -> AbstractContextManager[IO[bytes]]: ...
 
 
 class Channel:
@@ -63,7 +72,7 @@ class SshChannel(Channel):
 
     name = "ssh"
 
-    def __init__(self, device: str, ssh: SshShell) -> None:
+    def __init__(self, device: str, ssh: SshSession) -> None:
         super().__init__(device)
         self.ssh = ssh
 
@@ -303,4 +312,4 @@ class _OneShot:
         self._thread.join(5.0)
 
 
-__all__ = ["Channel", "ConsoleChannel", "HttpChannel", "SshChannel"]
+__all__ = ["Channel", "ConsoleChannel", "HttpChannel", "SshChannel", "SshSession"]

@@ -5,7 +5,10 @@ multiplexed sessions answer ``true`` in ~24 ms against ~41 ms (asyncssh) and ~67
 it copies 2-3x faster than either; it is also what a user types by hand, so a transfer is as fast as
 ``scp`` by construction.
 
-The master (``ssh -M -N``) is a child of this process in its own session, killed on close; every
+Every ``ssh`` is a :mod:`pytest_jumpstarter.process` child (own session, parent-death signal, bounded
+stop).  The master (``ssh -M -N``) is started from a thread of its own that lives as long as the
+master should: the parent-death signal fires when the *thread* that spawned a child ends, and
+``run()`` may be called from a test's worker thread.  Every
 ``run()`` is ``ssh -S <socket> host -- cmd``, a new session on the one authenticated connection, so
 sessions run in parallel and cost no handshake.  Nothing here reads the user's ``~/.ssh``: ``-F
 /dev/null``, a per-run ``known_hosts`` and per-run keys.
@@ -17,18 +20,24 @@ import contextlib
 import os
 import selectors
 import shlex
-import signal
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from pytest_jumpstarter.console import RunResult
 from pytest_jumpstarter.errors import SshError
+from pytest_jumpstarter.process import Child, spawn
+from pytest_jumpstarter.waiting import Deadline
+
+_HINT = "(apt-get install openssh-client)"
 
 #: OpenSSH's exit status for its own failures (the remote command's status otherwise).
 SSH_FAILED = 255
@@ -44,6 +53,8 @@ class Endpoint:
     user: str
     #: The name the host key is pinned under (the board, not the address: forwarded ports change per boot).
     alias: str
+    #: The board as messages name it.
+    board: str = ""
     key: Path | None = None
     password: str | None = None
     #: ``accept-new`` (pin the first key seen), ``yes`` (only keys already in known_hosts), ``no``.
@@ -58,6 +69,10 @@ class Endpoint:
     def describe(self) -> str:
         return f"{self.user}@{self.address}"
 
+    def where(self) -> str:
+        """``board qemu_vm at root@127.0.0.1:40022``: the board and the address, for messages."""
+        return f"board {self.board or self.device} at {self.describe()}"
+
 
 class OpenSsh:
     """A master connection to one endpoint and the commands that use it."""
@@ -68,9 +83,11 @@ class OpenSsh:
         self.known_hosts = workdir / "known_hosts"
         # Unix socket paths are limited to ~108 bytes: the control socket lives in a short folder.
         self.control = control_dir / "cm"
-        self._master: subprocess.Popen[bytes] | None = None
+        self._master: Child | None = None
         self._master_log = workdir / "ssh-master.log"
         self._askpass: Path | None = None
+        #: The thread the master is spawned from, alive as long as this client (see the module doc).
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix=f"ssh-master-{endpoint.device}")
 
     # --- the master connection -----------------------------------------------------------------
 
@@ -104,9 +121,9 @@ class OpenSsh:
             opts += ["-o", option]
         return opts
 
-    def connect(self, deadline: float) -> None:
+    def connect(self, deadline: Deadline) -> None:
         """Start the master and wait until it is authenticated (its control socket appears) or fails."""
-        self.close()
+        self._stop_master()
         self.control.unlink(missing_ok=True)
         env = dict(os.environ)
         if self.endpoint.password is not None:
@@ -118,44 +135,42 @@ class OpenSsh:
                 SSH_ASKPASS_REQUIRE="force",
                 JUMPSTARTER_SSH_PASSWORD=self.endpoint.password,
             )
-        log = open(self._master_log, "wb")  # noqa: SIM115 - handed to the child
-        try:
-            self._master = subprocess.Popen(
-                ["ssh", *self.options(), "-M", "-N", "-o", "ControlPersist=no", self.endpoint.host],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        argv = ["ssh", *self.options(), "-M", "-N", "-o", "ControlPersist=no", self.endpoint.host]
+        master = self._spawner.submit(
+            spawn, argv, device=self.endpoint.device, stderr=self._master_log, env=env, hint=_HINT
+        ).result()
+        self._master = master
         while not self.control.exists():
-            code = self._master.poll()
-            if code is not None:
+            if not master.running:
                 self._master = None
+                master.close()
                 raise self.error("could not log in", self._master_log.read_text(errors="replace"))
-            if time.monotonic() > deadline:
-                self.close()
-                raise self.error("timed out logging in", self._master_log.read_text(errors="replace"))
-            # Waiting for the socket the master creates once authenticated (or for its exit).
-            time.sleep(0.01)
+            if deadline.expired:
+                self._stop_master()
+                raise self.error(
+                    f"timed out logging in after {deadline.seconds:g}s",
+                    self._master_log.read_text(errors="replace"),
+                )
+            # The socket appears once the master is authenticated; its exit is the other outcome.
+            master.wait(deadline.remaining(cap=0.01))
 
     def alive(self) -> bool:
-        return self._master is not None and self._master.poll() is None and self.control.exists()
+        return self._master is not None and self._master.running and self.control.exists()
+
+    def master_gone(self, within: float) -> bool:
+        """Whether the master exits within ``within`` seconds (it does soon after its link drops)."""
+        master = self._master
+        return master is None or master.wait(within)
+
+    def _stop_master(self) -> None:
+        master, self._master = self._master, None
+        if master is not None:
+            master.close()
+        self.control.unlink(missing_ok=True)
 
     def close(self) -> None:
-        master, self._master = self._master, None
-        if master is not None and master.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(master.pid, signal.SIGTERM)
-            try:
-                master.wait(2.0)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(master.pid, signal.SIGKILL)
-                master.wait(5.0)
-        self.control.unlink(missing_ok=True)
+        self._stop_master()
+        self._spawner.shutdown(wait=True)
 
     def error(self, what: str, stderr: str) -> SshError:
         """An error naming the board and address, with what OpenSSH said, in words a test author reads."""
@@ -176,7 +191,7 @@ class OpenSsh:
             hint = "the connection dropped"
         else:
             hint = ""
-        message = f"ssh {e.describe()}: {what}" + (f": {hint}" if hint else "")
+        message = f"ssh to {e.where()}: {what}" + (f": {hint}" if hint else "")
         if said:
             message += "\nssh said:\n" + "\n".join("    " + line for line in said.splitlines()[-10:])
         return SshError(e.device, message)
@@ -189,65 +204,79 @@ class OpenSsh:
 
     def run(self, command: str, timeout: float) -> RunResult:
         start = time.monotonic()
-        try:
-            done = subprocess.run(
-                self.command(command),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                start_new_session=True,
+        deadline = Deadline(timeout, f"{command!r} over ssh")
+        with self._stderr_file() as err:
+            child = spawn(
+                self.command(command), device=self.endpoint.device, stdout=subprocess.PIPE, stderr=err
             )
-        except subprocess.TimeoutExpired as exc:
-            raise SshError(
-                self.endpoint.device,
-                f"ssh {self.endpoint.describe()}: command {command!r} did not finish in {timeout}s"
-                + (f"\nits output so far:\n{_text(exc.stdout)}" if exc.stdout else ""),
-            ) from None
-        stdout, stderr = _text(done.stdout), _text(done.stderr)
-        if done.returncode == SSH_FAILED and not self.alive():
+            try:
+                out, _ = child.popen.communicate(timeout=deadline.remaining())
+            except subprocess.TimeoutExpired as exc:
+                child.stop(grace=1.0)
+                raise SshError(
+                    self.endpoint.device,
+                    f"ssh to {self.endpoint.where()}: command {command!r} did not finish in {timeout:g}s"
+                    + (f"\nits output so far:\n{_text(exc.stdout)}" if exc.stdout else ""),
+                ) from None
+            finally:
+                child.close()
+            stdout, stderr = _text(out), err.read_text(errors="replace")
+        if child.returncode == SSH_FAILED and self.master_gone(within=2.0):
             raise self.error(f"lost the connection running {command!r}", stderr)
         return RunResult(
             command,
             stdout.replace("\r\n", "\n").rstrip("\n"),
-            done.returncode,
+            child.returncode if child.returncode is not None else SSH_FAILED,
             time.monotonic() - start,
             stderr=stderr.replace("\r\n", "\n").rstrip("\n"),
             channel=f"ssh {self.endpoint.describe()}",
         )
 
     @contextlib.contextmanager
-    def stream(self, command: str, *, write: bool) -> Iterator[IO[bytes]]:
-        """A session whose stdin (``write``) or stdout carries a byte stream; checks its exit status."""
-        proc = subprocess.Popen(
-            self.command(command),
-            stdin=subprocess.PIPE if write else subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL if write else subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        pipe = proc.stdin if write else proc.stdout
-        assert pipe is not None and proc.stderr is not None
-        stderr: list[bytes] = []
-        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read() if proc.stderr else b""))
-        reader.start()
+    def _stderr_file(self) -> Iterator[Path]:
+        """A file for one session's stderr (kept whole, unlike a child's bounded tail)."""
+        fd, name = tempfile.mkstemp(prefix="stderr-", dir=self.control.parent)
+        os.close(fd)
         try:
-            yield pipe
-            pipe.close()
-            code = proc.wait(timeout=120)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+            yield Path(name)
         finally:
-            reader.join(10)
-            proc.stderr.close()
+            Path(name).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def stream(self, command: str, *, write: bool, timeout: float = 120.0) -> Iterator[IO[bytes]]:
+        """A session whose stdin (``write``) or stdout carries a byte stream; checks its exit status.
+
+        ``timeout`` bounds the wait for the session's end once the stream is done with.
+        """
+        with self._stderr_file() as err:
+            child = spawn(
+                self.command(command),
+                device=self.endpoint.device,
+                stdin=subprocess.PIPE if write else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if write else subprocess.PIPE,
+                stderr=err,
+            )
+            pipe = child.stdin if write else child.stdout
+            assert pipe is not None
+            try:
+                yield pipe
+                pipe.close()
+                if not child.wait(timeout):
+                    raise SshError(
+                        self.endpoint.device,
+                        f"ssh to {self.endpoint.where()}: {command!r} did not end"
+                        f" {timeout:g}s after its stream",
+                    )
+            finally:
+                child.close()
+            said = err.read_text(errors="replace")
+        code = child.returncode
         if code != 0:
-            said = b"".join(stderr).decode(errors="replace")
-            if code == SSH_FAILED and not self.alive():
+            if code == SSH_FAILED and self.master_gone(within=2.0):
                 raise self.error(f"lost the connection during {command!r}", said)
             raise SshError(
                 self.endpoint.device,
-                f"ssh {self.endpoint.describe()}: {command!r} exited with status {code}: {said.strip()}",
+                f"ssh to {self.endpoint.where()}: {command!r} exited with status {code}: {said.strip()}",
             )
 
     def interactive(self, timeout: float = 30.0) -> Any:
@@ -255,7 +284,11 @@ class OpenSsh:
         import pexpect
 
         argv = self.command("exec /bin/sh -l", "-tt")
-        # The remote command after "--" is a single word for pexpect's argv.
+        # pexpect forks by itself (and makes its own session); setpriv gives it the parent-death
+        # signal the process helper gives every other child.
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
         return pexpect.spawn(argv[0], argv[1:], timeout=timeout, encoding="utf-8", codec_errors="replace")
 
 
@@ -272,7 +305,7 @@ class PortForward:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self._stop = threading.Event()
-        self._children: list[subprocess.Popen[bytes]] = []
+        self._children: list[Child] = []
         self._thread = threading.Thread(target=self._serve, name=f"ssh-forward-{self.port}", daemon=True)
         self._thread.start()
 
@@ -286,16 +319,20 @@ class PortForward:
                 conn, _ = self.listener.accept()
             except OSError:
                 break
-            # The child's stdin and stdout are the accepted socket itself: OpenSSH pipes it.
-            child = subprocess.Popen(
-                self.ssh.command("true", "-W", self.target)[:-2],
-                stdin=conn.fileno(),
-                stdout=conn.fileno(),
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            conn.close()
-            self._children = [c for c in self._children if c.poll() is None] + [child]
+            # The child's stdin and stdout are the accepted socket itself: OpenSSH pipes it.  It is
+            # spawned from this thread, which lives until close() stops the children.
+            with conn:
+                child = spawn(
+                    self.ssh.command("true", "-W", self.target)[:-2],
+                    device=self.ssh.endpoint.device,
+                    stdin=conn.fileno(),
+                    stdout=conn.fileno(),
+                    stderr="devnull",
+                )
+            finished = [c for c in self._children if not c.running]
+            for c in finished:
+                c.close()
+            self._children = [c for c in self._children if c.running] + [child]
         sel.close()
 
     def close(self) -> None:
@@ -303,9 +340,8 @@ class PortForward:
         self.listener.close()
         self._thread.join(2.0)
         for child in self._children:
-            if child.poll() is None:
-                child.kill()
-            child.wait()
+            child.close()
+        self._children.clear()
 
 
 def _text(data: bytes | str | None) -> str:

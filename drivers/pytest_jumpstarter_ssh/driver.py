@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,106 +18,101 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pytest_jumpstarter.capabilities import Addressable, HasConsole, UserNetwork
+from pytest_jumpstarter import process
+from pytest_jumpstarter.capabilities import Addressable, HasConsole, Network, UserNetwork
 from pytest_jumpstarter.console import RunResult
-from pytest_jumpstarter.driver import DeviceContext, Driver
+from pytest_jumpstarter.driver import DeviceContext, Driver, Referred
 from pytest_jumpstarter.errors import DriverError, SshError, TunnelError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.waiting import Deadline
 
 from .client import Endpoint, OpenSsh, PortForward, quote
 
 _POLICIES = {"accept-new": "accept-new", "ignore": "no"}
+#: What a board must offer for this shell to find its port 22 (any one of them).
+_REACHABLE = (Addressable, UserNetwork, Network)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SshSettings:
-    """The ``ssh`` settings, read in one place (to become the declared settings object of issue 9)."""
-
-    board: str | None
-    host: str | None
-    port: int
-    forward: str
-    user: str
-    password: str | None
-    key: Path | None
-    authorize: bool
-    host_key: str
-    connect_timeout: float
-    ready_timeout: float
-    command_timeout: float
-    options: list[str]
-
-    @classmethod
-    def read(cls, settings: Mapping[str, Any], declared: Mapping[str, Setting]) -> SshSettings:
-        def get(key: str) -> Any:
-            return settings.get(key, declared[key].default)
-
-        return cls(
-            board=get("board"),
-            host=get("host"),
-            port=int(get("port")),
-            forward=str(get("forward")),
-            user=str(get("user")),
-            password=get("password"),
-            key=get("key"),
-            authorize=bool(get("authorize")),
-            host_key=str(get("host_key")),
-            connect_timeout=float(get("connect_timeout")),
-            ready_timeout=float(get("ready_timeout")),
-            command_timeout=float(get("command_timeout")),
-            options=list(get("options")),
-        )
+    board: str | None = setting(
+        None, kind="ref", doc="the board this shell logs into (its address, forwards or console)"
+    )
+    host: str | None = setting(
+        None, doc="address to connect to (default: the board's address, else 127.0.0.1)"
+    )
+    port: int = setting(22, doc="the SSH port on the board (on user networking: the guest port forwarded)")
+    forward: str = setting(
+        "ssh", doc="name of the board's forward (user networking) or network (Jumpstarter) to port 22"
+    )
+    user: str = setting("root", doc="login name")
+    password: str | None = setting(None, doc="password (put its variable in the target's secrets)")
+    key: Path | None = setting(
+        None, must_exist=True, doc="private key file (default: a key made for this run)"
+    )
+    authorize: bool = setting(
+        True, doc="install the per-run key into the user's authorized_keys over the board's console"
+    )
+    host_key: str = setting(
+        "accept-new",
+        doc="accept-new (pin the first key seen this run), ignore, or the public key the board must"
+        " have: a key line or a .pub file",
+    )
+    connect_timeout: float = setting(
+        10.0, kind="duration", doc="TCP connect and login timeout of one attempt"
+    )
+    ready_timeout: float = setting(
+        30.0, kind="duration", doc="how long to wait for SSH after the board is ready"
+    )
+    command_timeout: float = setting(60.0, kind="duration", doc="default timeout of run()")
+    options: list[str] = setting([], doc="more ssh -o options, e.g. Ciphers=aes128-ctr")
 
 
-class SshShell(Driver):
+class SshShell(Driver[SshSettings]):
     """``run``, parallel sessions, ``forward``, ``interactive`` and streams over one SSH connection."""
 
     name: ClassVar[str] = "ssh"
     role: ClassVar[str | None] = "ssh"
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting("ref", None, "the board this shell logs into (its forwards, console, address)"),
-        "host": Setting("str", None, "address to connect to (default: the board's address, else 127.0.0.1)"),
-        "port": Setting(
-            "int", 22, "the SSH port on the board (on user networking: the guest port forwarded)"
-        ),
-        "forward": Setting("str", "ssh", "name of the board's forward to use for port, if it has one"),
-        "user": Setting("str", "root", "login name"),
-        "password": Setting("str", None, "password (put its variable in the target's secrets)"),
-        "key": Setting("path", None, "private key file (default: a key made for this run)", must_exist=True),
-        "authorize": Setting(
-            "bool", True, "install the per-run key into the user's authorized_keys over the board's console"
-        ),
-        "host_key": Setting(
-            "str",
-            "accept-new",
-            "accept-new (pin the first key seen this run), ignore, or the public key the board must"
-            " have: a key line or a .pub file",
-        ),
-        "connect_timeout": Setting("duration", 10.0, "TCP connect and login timeout of one attempt"),
-        "ready_timeout": Setting("duration", 30.0, "how long to wait for SSH after the board is ready"),
-        "command_timeout": Setting("duration", 60.0, "default timeout of run()"),
-        "options": Setting("list", [], "more ssh -o options, e.g. Ciphers=aes128-ctr"),
-    }
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-        if settings.get("board") is None and settings.get("host") is None:
+    def check(cls, settings: SshSettings) -> Iterable[tuple[str, str]]:
+        if settings.board is None and settings.host is None:
             yield "host", "expected host: (an address) or board: (a device), found neither"
-        host_key = str(settings.get("host_key", "accept-new"))
+        host_key = settings.host_key
         if host_key not in _POLICIES and not host_key.startswith("ssh-") and not Path(host_key).suffix:
             yield "host_key", f"expected accept-new, ignore, a key line or a .pub file, found {host_key!r}"
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    @classmethod
+    def check_refs(cls, settings: SshSettings, refs: Mapping[str, Referred]) -> Iterable[tuple[str, str]]:
+        board = refs.get("board")
+        if settings.host is None and board is not None and not set(_REACHABLE) & set(board.provides):
+            yield (
+                "board",
+                f"ssh needs a way to the board's port {settings.port}: set host: or use a board that"
+                " provides Addressable (guest_address), UserNetwork (forward) or Network (tcp);"
+                f" {board.describe()} provides none of them",
+            )
+
+    @classmethod
+    def provides(cls, settings: SshSettings) -> tuple[type, ...]:
+        from .channels import SshSession  # what driver files needs of it
+
+        return (*super().provides(settings), SshSession)
+
+    def __init__(self, ctx: DeviceContext[SshSettings]) -> None:
         super().__init__(ctx)
-        self.config = SshSettings.read(ctx.settings, self.settings)
-        board = ctx.refs.get("board") if self.config.board else None
-        self.board: Driver | None = board
+        self.config = ctx.settings
         self._client: OpenSsh | None = None
         self._control_dir: Path | None = None
         self._boots: int | None = None
         self._hostfwd: int | None = None
         self._forwards: list[PortForward] = []
         self.key: Path | None = self.config.key
+
+    @property
+    def board_name(self) -> str:
+        """The board as messages name it (the device this shell logs into, or the address)."""
+        return self.config.board or self.config.host or self.device_name
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -128,11 +122,12 @@ class SshShell(Driver):
         if self.key is None:
             self.key = self.ctx.workdir / "id_ed25519"
             self.key.unlink(missing_ok=True)
-            subprocess.run(
+            process.run(
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"pytest-jumpstarter {self.ctx.target}",
                  "-f", str(self.key)],
-                check=True,
-                capture_output=True,
+                device=self.device_name,
+                timeout=30.0,
+                hint="(apt-get install openssh-client)",
             )  # fmt: skip
         super().start()
         try:
@@ -148,9 +143,10 @@ class SshShell(Driver):
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._hostfwd is not None and isinstance(self.board, UserNetwork):
+        user_net = self.ctx.provided("board", UserNetwork)
+        if self._hostfwd is not None and user_net is not None:
             with contextlib.suppress(DriverError):
-                self.board.hostfwd_remove(self._hostfwd)
+                user_net.hostfwd_remove(self._hostfwd)
         self._hostfwd = None
         if self._control_dir is not None:
             shutil.rmtree(self._control_dir, ignore_errors=True)
@@ -160,8 +156,6 @@ class SshShell(Driver):
     def restore(self, mode: str) -> str | None:
         """Between tests: nothing to restore here; the connection is remade if the board rebooted."""
         return None
-
-    reset = restore  # the lifecycle's name for it until issue 9 renames it
 
     # --- the shell ------------------------------------------------------------------------------
 
@@ -198,7 +192,8 @@ class SshShell(Driver):
 
     def _ensure(self) -> OpenSsh:
         """The connected client; reconnects after the board rebooted or the connection went away."""
-        boots = self.board.boots if isinstance(self.board, UserNetwork) else None
+        user_net = self.ctx.provided("board", UserNetwork)
+        boots = user_net.boots if user_net is not None else None
         client = self._client
         if client is not None and client.alive() and boots == self._boots:
             return client
@@ -208,28 +203,36 @@ class SshShell(Driver):
         assert self._control_dir is not None
         client = OpenSsh(endpoint, self.ctx.workdir, self._control_dir)
         self._pin_host_key(client)
-        if self.config.authorize and self.config.key is None and isinstance(self.board, HasConsole):
-            self._authorize()
+        console_board = self.ctx.provided("board", HasConsole)
+        if self.config.authorize and self.config.key is None and console_board is not None:
+            self._authorize(console_board)
         self._wait_for_ssh(client)
         self._client, self._boots = client, boots
         return client
 
     def _endpoint(self) -> Endpoint:
-        c, board = self.config, self.board
+        c = self.config
         host, port = c.host, c.port
-        if host is None and isinstance(board, Addressable) and board.guest_address:
-            host = board.guest_address
-        elif host is None and isinstance(board, UserNetwork):
+        addressable = self.ctx.provided("board", Addressable)
+        user_net = self.ctx.provided("board", UserNetwork)
+        network = self.ctx.provided("board", Network)
+        if host is None and addressable is not None and addressable.guest_address:
+            host = addressable.guest_address
+        elif host is None and user_net is not None:
             host = "127.0.0.1"
             try:
-                port = board.forward(c.forward)
+                port = user_net.forward(c.forward)
             except TunnelError:
-                if self._hostfwd is None or self._boots != board.boots:
-                    self._hostfwd = board.hostfwd_add(c.port)
+                if self._hostfwd is None or self._boots != user_net.boots:
+                    self._hostfwd = user_net.hostfwd_add(c.port)
                 port = self._hostfwd
+        elif host is None and network is not None:
+            # A board of a remote lab: its port-forward of the network named forward: (a local port).
+            host, port = network.tcp(c.forward)
         if host is None:
             raise SshError(
-                self.device_name, f"board {c.board!r} has no address and no user networking: set host:"
+                self.device_name,
+                f"board {c.board!r} has no address, no user networking and no network forward: set host:",
             )
         strict = _POLICIES.get(c.host_key, "yes")
         return Endpoint(
@@ -238,6 +241,7 @@ class SshShell(Driver):
             port=port,
             user=c.user,
             alias=f"{self.ctx.target}/{c.board or self.device_name}",
+            board=self.board_name,
             key=self.key,
             password=c.password,
             strict=strict,
@@ -255,13 +259,13 @@ class SshShell(Driver):
         keytype, blob = line.split()[:2]
         client.known_hosts.write_text(f"{client.endpoint.alias} {keytype} {blob}\n")
 
-    def _authorize(self) -> None:
+    def _authorize(self, board: HasConsole) -> None:
         """Append this run's public key to the user's authorized_keys over the console (once per boot)."""
-        assert isinstance(self.board, HasConsole) and self.key is not None
+        assert self.key is not None
         public = self.key.with_name(self.key.name + ".pub").read_text().strip()
         home = "/root" if self.config.user == "root" else f"/home/{self.config.user}"
         keys = f"{home}/.ssh/authorized_keys"
-        result = self.board.console.run(
+        result = board.console.run(
             f"mkdir -p {home}/.ssh && chmod 700 {home}/.ssh && "
             f"{{ grep -qxF {quote(public)} {keys} 2>/dev/null || echo {quote(public)} >> {keys}; }}"
             f" && chmod 600 {keys}",
@@ -272,10 +276,10 @@ class SshShell(Driver):
 
     def _wait_for_ssh(self, client: OpenSsh) -> None:
         """Log in, retrying while the server is not up yet (refused or reset), up to ready_timeout."""
-        deadline = time.monotonic() + self.config.ready_timeout
+        deadline = Deadline(self.config.ready_timeout, f"SSH on {client.endpoint.where()}")
         while True:
             try:
-                client.connect(min(deadline, time.monotonic() + self.config.connect_timeout))
+                client.connect(Deadline(deadline.remaining(cap=self.config.connect_timeout), "the login"))
                 return
             except SshError as exc:
                 # Only "not up yet" is worth waiting for: a refused key or a changed host key is final.
@@ -285,7 +289,7 @@ class SshShell(Driver):
                     for s in ("Connection refused", "Connection reset", "closed by remote host", "timed out",
                               "Connection closed", "kex_exchange_identification")
                 )  # fmt: skip
-                if not transient or time.monotonic() >= deadline:
+                if not transient or deadline.expired:
                     raise
             # SSH not up yet: the next attempt is the thing waited for; this only spaces attempts.
-            time.sleep(0.2)
+            time.sleep(deadline.remaining(cap=0.2))

@@ -14,18 +14,16 @@ import os
 import shlex
 import tarfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pytest_jumpstarter.capabilities import HasConsole
 from pytest_jumpstarter.driver import DeviceContext, Driver
-from pytest_jumpstarter.errors import DriverError, TransferError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.errors import TransferError
+from pytest_jumpstarter.settings import setting
 
-from .channels import Channel, ConsoleChannel, HttpChannel, Shell, SshChannel
-from .driver import SshShell
+from .channels import Channel, ConsoleChannel, HttpChannel, Shell, SshChannel, SshSession
 
 CHANNELS = ("auto", "ssh", "http", "console")
 
@@ -47,56 +45,42 @@ class Transfer:
         return self.size / (1024 * 1024) / self.duration if self.duration > 0 else float("inf")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FilesSettings:
-    board: str
-    ssh: str | None
-    channel: str
-    host_address: str
-    progress_from: int
-    scratch: str
-
-    @classmethod
-    def read(cls, settings: Mapping[str, Any], declared: Mapping[str, Setting]) -> FilesSettings:
-        def get(key: str) -> Any:
-            return settings.get(key, declared[key].default)
-
-        return cls(
-            board=str(get("board")),
-            ssh=get("ssh"),
-            channel=str(get("channel")),
-            host_address=str(get("host_address")),
-            progress_from=int(get("progress_from")),
-            scratch=str(get("scratch")),
-        )
+    board: str = setting(
+        kind="ref", needs=(HasConsole,), doc="the Linux board (its console runs the checks and fallbacks)"
+    )
+    ssh: str | None = setting(
+        None, kind="ref", needs=(SshSession,), doc="an ssh device for that board: the fastest channel"
+    )
+    channel: str = setting("auto", choices=CHANNELS, doc="auto (fastest available), ssh, http or console")
+    host_address: str = setting("10.0.2.2", doc="this host as the board sees it (slirp: 10.0.2.2)")
+    progress_from: int = setting(
+        8 * 1024 * 1024, kind="size", doc="show progress for transfers from this size"
+    )
+    scratch: str = setting("/tmp", doc="a folder on the board for a folder's tar file in transit")
 
 
-class Files(Driver):
+class Files(Driver[FilesSettings]):
     """Verified file transfer to and from a Linux board, over the fastest channel it has."""
 
     name: ClassVar[str] = "files"
     role: ClassVar[str | None] = "files"
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "board": Setting("ref", doc="the Linux board (it needs a console for the checks and fallbacks)"),
-        "ssh": Setting("ref", None, "an ssh device for that board: the fastest channel"),
-        "channel": Setting("str", "auto", "auto (fastest available), ssh, http or console", CHANNELS),
-        "host_address": Setting("str", "10.0.2.2", "this host as the board sees it (slirp: 10.0.2.2)"),
-        "progress_from": Setting("size", 8 * 1024 * 1024, "show progress for transfers from this size"),
-        "scratch": Setting("str", "/tmp", "a folder on the board for a folder's tar file in transit"),
-    }
 
-    def __init__(self, ctx: DeviceContext) -> None:
+    def __init__(self, ctx: DeviceContext[FilesSettings]) -> None:
         super().__init__(ctx)
-        self.config = FilesSettings.read(ctx.settings, self.settings)
-        board = ctx.refs.get("board")
-        if not isinstance(board, HasConsole):
-            raise DriverError(self.device_name, f"board {self.config.board!r} has no console (HasConsole)")
-        self.board: HasConsole = board
-        ssh = ctx.refs.get("ssh") if self.config.ssh else None
-        self.ssh: SshShell | None = ssh if isinstance(ssh, SshShell) else None
+        self.config = ctx.settings
         self._channel: Channel | None = None
         #: Why faster channels were passed over, e.g. ["ssh: no ssh device", "http: ..."].
         self.fallbacks: list[str] = []
+
+    @property
+    def board(self) -> HasConsole:
+        return self.ctx.ref("board", HasConsole)
+
+    @property
+    def ssh(self) -> SshSession | None:
+        return self.ctx.provided("ssh", SshSession)
 
     def start(self) -> None:
         super().start()
@@ -187,8 +171,9 @@ class Files(Driver):
             return self._channel
         wanted, notes = self.config.channel, []
         if wanted in ("auto", "ssh"):
-            if self.ssh is not None:
-                self._channel = SshChannel(self.device_name, self.ssh)
+            ssh = self.ssh
+            if ssh is not None:
+                self._channel = SshChannel(self.device_name, ssh)
                 return self._channel
             notes.append("ssh: no ssh device (set ssh: <device>)")
         if wanted in ("auto", "http"):
@@ -207,7 +192,8 @@ class Files(Driver):
         raise TransferError(self.device_name, f"channel {wanted!r} is not available: " + "; ".join(notes))
 
     def _shell(self) -> Shell:
-        return self.ssh if self.ssh is not None else self.board.console
+        ssh = self.ssh
+        return ssh if ssh is not None else self.board.console
 
     def _move(self, channel: Channel, direction: str, local: Path, remote: str) -> None:
         total = local.stat().st_size if direction == "put" else None

@@ -12,7 +12,6 @@ from pytest_jumpstarter_qemu.images import Images, require_images
 from pytest_jumpstarter_ssh import Files, SshShell
 
 from pytest_jumpstarter.driver import DeviceContext, Driver, Transcript
-from pytest_jumpstarter.settings import coerce
 
 MakeDevice = Callable[..., Any]
 
@@ -29,11 +28,11 @@ def host_key(images: Images) -> Path:
     return images.linux_kernel.parent / "ssh_host_ed25519_key.pub"
 
 
-def device(cls: type[Driver], settings: dict[str, Any], workdir: Path, name: str, **refs: Driver) -> Any:
-    """A device with settings coerced as the target loader does, and its refs."""
-    typed = {key: coerce(cls.settings[key], value, workdir) for key, value in settings.items()}
-    problems = list(cls.check(typed))
-    assert not problems, problems
+def device(
+    cls: type[Driver[Any]], settings: dict[str, Any], workdir: Path, name: str, **refs: Driver[Any]
+) -> Any:
+    """A device with settings built as the target loader builds them, and its refs."""
+    typed = cls.settings_from(settings, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = DeviceContext(
         name=name, target="test", settings=typed, workdir=workdir, transcript=Transcript(), refs=refs
@@ -56,7 +55,7 @@ def ssh_on(qemu: QemuBoard, workdir: Path, **settings: Any) -> SshShell:
 
 
 def files_on(qemu: QemuBoard, workdir: Path, ssh: SshShell | None = None, **settings: Any) -> Files:
-    refs: dict[str, Driver] = {"board": qemu}
+    refs: dict[str, Driver[Any]] = {"board": qemu}
     if ssh is not None:
         refs["ssh"] = ssh
         settings = {"ssh": "ssh", **settings}
