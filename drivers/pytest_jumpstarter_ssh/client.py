@@ -187,6 +187,9 @@ class OpenSsh:
             hint = f"the board refused {how} for user {e.user!r}"
         elif "Connection refused" in said:
             hint = "nothing accepts connections there (is the SSH server running?)"
+        elif "kex_exchange_identification" in said:
+            # slirp (and any port-forward) accepts the connection, then finds nothing on the board.
+            hint = "the connection was taken but no SSH server answered on the board (is it running?)"
         elif "closed by remote host" in said or "Connection reset" in said or "Broken pipe" in said:
             hint = "the connection dropped"
         else:

@@ -275,21 +275,38 @@ class SshShell(Driver[SshSettings]):
             raise SshError(self.device_name, f"could not install the run's key into {keys}: {result.output}")
 
     def _wait_for_ssh(self, client: OpenSsh) -> None:
-        """Log in, retrying while the server is not up yet (refused or reset), up to ready_timeout."""
-        deadline = Deadline(self.config.ready_timeout, f"SSH on {client.endpoint.where()}")
+        """Log in, retrying while the server is not up yet (refused or reset), up to ready_timeout.
+
+        A refused key or a changed host key is final at once; "not up yet" past the deadline is
+        reported with what the last attempt found.
+        """
+        ready = self.config.ready_timeout
+        deadline = Deadline(ready, f"SSH on {client.endpoint.where()}")
         while True:
             try:
-                client.connect(Deadline(deadline.remaining(cap=self.config.connect_timeout), "the login"))
+                # Each attempt gets at least a second: a login cut at 0 s says nothing about the board.
+                client.connect(
+                    Deadline(max(1.0, deadline.remaining(cap=self.config.connect_timeout)), "login")
+                )
                 return
             except SshError as exc:
-                # Only "not up yet" is worth waiting for: a refused key or a changed host key is final.
-                said = str(exc)
-                transient = any(
-                    s in said
-                    for s in ("Connection refused", "Connection reset", "closed by remote host", "timed out",
-                              "Connection closed", "kex_exchange_identification")
-                )  # fmt: skip
-                if not transient or deadline.expired:
+                if not _transient(str(exc)):
                     raise
+                if deadline.expired:
+                    where = client.endpoint.where()
+                    last = exc.message.removeprefix(f"ssh to {where}: ")
+                    raise SshError(
+                        self.device_name,
+                        f"no SSH login to {where} within {ready:g}s (ready_timeout); last attempt: {last}",
+                    ) from exc
             # SSH not up yet: the next attempt is the thing waited for; this only spaces attempts.
             time.sleep(deadline.remaining(cap=0.2))
+
+
+def _transient(said: str) -> bool:
+    """Whether a failed login means "not up yet" (worth another attempt)."""
+    return any(
+        s in said
+        for s in ("Connection refused", "Connection reset", "closed by remote host", "timed out",
+                  "Connection closed", "kex_exchange_identification")
+    )  # fmt: skip

@@ -110,3 +110,45 @@ def test_password_login_with_the_demo_password(qemu: QemuBoard, tmp_path: Path) 
         assert shell.run("id -u").output == "0"
     finally:
         shell.stop()
+
+
+DROPBEAR = (
+    "LD_LIBRARY_PATH=/usr/lib/jumpstarter-ssh dropbear -r /etc/dropbear/dropbear_ed25519_host_key -p 22"
+)
+
+
+def test_a_dropped_connection_names_board_and_address_then_reconnects(
+    qemu: QemuBoard, tmp_path: Path
+) -> None:
+    shell = ssh_on(qemu, tmp_path, ready_timeout="3s")
+    shell.start()
+    try:
+        address = shell.address
+        # The guest's SSH server goes away under a running command (its own session included).
+        with pytest.raises(SshError) as info:
+            shell.run("killall dropbear; sleep 10")
+        message = str(info.value)
+        assert f"board qemu_vm at root@{address}" in message
+        assert "lost the connection running 'killall dropbear; sleep 10'" in message
+        # While it is down, a new login is refused, and said so, within the ready timeout.
+        with pytest.raises(SshError) as info:
+            shell.run("true")
+        message = str(info.value)
+        assert f"no SSH login to board qemu_vm at root@{address} within 3s" in message
+        assert "no SSH server answered on the board" in message
+        # Back up: the same device logs in again by itself.
+        qemu.console.run(DROPBEAR, timeout=10.0).check()
+        assert shell.run("echo back").output == "back"
+    finally:
+        qemu.console.run(f"pidof dropbear >/dev/null || {DROPBEAR}", timeout=10.0)
+        shell.stop()
+
+
+def test_a_killed_master_is_remade_on_the_next_run(ssh: SshShell) -> None:
+    client = ssh._client
+    assert client is not None and client._master is not None
+    killed = client._master.pid
+    client._master.kill()
+    assert ssh.run("echo again").output == "again"
+    assert ssh._client is not None and ssh._client._master is not None
+    assert ssh._client._master.pid != killed
