@@ -33,8 +33,10 @@ _WHERE = {
     "SshSession": "channels",
 }
 
-ssh = device_fixture("ssh", doc="The SSH shell (driver ssh) of the current target's board.")
-files = device_fixture("files", doc="Verified put/get (driver files) for the current target's board.")
+# Not bound to the names ``ssh`` and ``files``: importing the submodule .files sets that attribute
+# (and would replace the fixture).
+ssh_fixture = device_fixture("ssh", doc="The SSH shell (driver ssh) of the current target's board.")
+files_fixture = device_fixture("files", doc="Verified put/get (driver files) for the current target's board.")
 
 
 def __getattr__(name: str) -> Any:
