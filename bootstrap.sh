@@ -16,10 +16,11 @@ esac
 
 # Debian packages: QEMU under TCG, Debian's U-Boot builds, BusyBox for the initramfs, socat for pty pairs,
 # iproute2 for network namespaces, cpio/xz/zstd for images, syslinux/mtools/dosfstools for the boot
-# disk a Jumpstarter QEMU exporter boots (built without mounting anything).
+# disk a Jumpstarter QEMU exporter boots (built without mounting anything), openssh-client for the ssh
+# driver (the demo board's dropbear-bin and openssh-sftp-server are only extracted by build-images).
 apt_packages=(qemu-system-x86 qemu-system-arm qemu-utils u-boot-qemu busybox-static socat cpio iproute2
               xz-utils zstd kmod ca-certificates
-              syslinux syslinux-common mtools dosfstools)
+              syslinux syslinux-common mtools dosfstools openssh-client)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

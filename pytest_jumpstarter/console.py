@@ -404,12 +404,24 @@ class _WindowedExpecter(Expecter):  # type: ignore[misc]
 
 @dataclass(frozen=True)
 class RunResult:
-    """A shell command's output (``\\n`` line ends, no trailing newline) and exit status."""
+    """A shell command's output (``\\n`` line ends, no trailing newline) and exit status.
+
+    The same type for every channel, so a test switches from ``console.run()`` to ``ssh.run()`` by
+    changing one word.  On a console stdout and stderr arrive interleaved in ``output`` (and ``stderr``
+    is empty); over SSH ``output`` is stdout and ``stderr`` is separate.
+    """
 
     command: str
     output: str
     status: int
     duration: float
+    stderr: str = ""
+    #: What ran it, for messages: ``console``, or ``ssh root@127.0.0.1:40022``.
+    channel: str = "console"
+
+    @property
+    def stdout(self) -> str:
+        return self.output
 
     @property
     def ok(self) -> bool:
@@ -418,8 +430,10 @@ class RunResult:
     def check(self) -> RunResult:
         """Return self if the command succeeded, else raise with its output."""
         if self.status != 0:
+            stderr = f"\nstderr:\n{self.stderr}" if self.stderr else ""
             raise DriverError(
-                "console", f"command {self.command!r} exited with status {self.status}:\n{self.output}"
+                self.channel,
+                f"command {self.command!r} exited with status {self.status}:\n{self.output}{stderr}",
             )
         return self
 

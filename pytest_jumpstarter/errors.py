@@ -171,6 +171,14 @@ class WaitTimeout(DriverError):
         super().__init__(device, timeout_message(what, seconds, detail))
 
 
+class SshError(DriverError):
+    """An SSH connection failed or broke: the message names the board, the address and what SSH said."""
+
+
+class TransferError(DriverError):
+    """A file did not arrive intact, or at all: the message names the file, the channel and both checksums."""
+
+
 class LockTimeout(JumpstarterError):
     """An exclusive device stayed locked by someone else for longer than we were willing to wait."""
 

@@ -25,11 +25,11 @@ def _need_stack() -> None:
 
 @pytest.fixture(scope="module")
 def demo_exporter() -> Iterator[Exporter]:
-    """A standalone exporter serving the demo board (QEMU VM with http/echo forwards, MockPower)."""
+    """A standalone exporter serving the demo board (QEMU VM with http/echo/ssh forwards, MockPower)."""
     _need_stack()
     workdir = private_dir("pytest-jumpstarter-exporter-")
     try:
-        export = demo_board_export(workdir, {"http": 80, "echo": 7})
+        export = demo_board_export(workdir, {"http": 80, "echo": 7, "ssh": 22})
         with running_exporter("demo", export, workdir, listen=f"127.0.0.1:{free_port()}") as exporter:
             yield exporter
     finally:
