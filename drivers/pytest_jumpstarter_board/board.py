@@ -106,7 +106,7 @@ class Board(Driver[BoardSettings]):
     def ready_pattern(self) -> str:
         if self.ctx.settings.ready is not None:
             return self.ctx.settings.ready
-        return UBootShell.prompt if self.ctx.settings.shell == "uboot" else LINUX_PROMPT
+        return UBootShell.prompt_line if self.ctx.settings.shell == "uboot" else LINUX_PROMPT
 
     def _part_provides(self, key: str, capability: type) -> bool:
         """Whether the device of setting ``key`` provides ``capability``, by its driver's own account."""

@@ -22,10 +22,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console, LinuxShell, SocketTransport
+from pytest_jumpstarter import stages as _stages
+from pytest_jumpstarter.console import Console
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import DeviceExited, DeviceStateError, DriverError
 from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.shell_settings import ShellSettings
+from pytest_jumpstarter.transports import SocketTransport
 from pytest_jumpstarter.uboot import UBootShell
 
 from . import config as _config
@@ -65,8 +68,12 @@ class QemuBoard(Driver[Any]):
         self.arch = self.config.arch
         self.shell_kind: Literal["linux", "uboot"] = self.config.shell
         self.ready_pattern: str = self.config.ready or (
-            UBootShell.prompt if self.shell_kind == "uboot" else LINUX_PROMPT
+            UBootShell.prompt_line
+            if self.shell_kind == "uboot"
+            else self.config.shell_settings.prompt or LINUX_PROMPT
         )
+        #: The boot stage the board is in (``shell`` at power-on; see :meth:`boot_to`).
+        self.stage: str = self.shell_kind
         disks = {name: dataclasses.replace(disk) for name, disk in self.config.disks.items()}
         self._disks = Disks(self.device_name, disks, ctx.workdir, ctx.source)
         self._net = UserNet(self.device_name, self.config.network, self.hmp)
@@ -76,6 +83,7 @@ class QemuBoard(Driver[Any]):
         self._console: Console | None = None
         self._tftp_root: Path | None = None
         self.events: Events = Events()
+        self._event_mark = 0  # events before this index were expected (or already diagnosed)
         self.boots = 0
         #: The acceleration of the last power-on (``accel: auto`` resolved).
         self.accel: str | None = None
@@ -119,7 +127,10 @@ class QemuBoard(Driver[Any]):
                 f"driver 'qemu' cannot restore with reset: {mode} (it can: {', '.join(self.restore_modes)})"
             )
         if mode == "snapshot" and self.is_running:
-            return self.restore_snapshot()
+            reason = self.restore_snapshot()
+            if reason is None:
+                self._expected_restart()
+            return reason
         self.reset()
         return None
 
@@ -141,6 +152,7 @@ class QemuBoard(Driver[Any]):
         # is readable by then: drop it, or it would look like the board is ready.
         self.wait_event("RESET", timeout=10.0, since=seen)
         console.drain(quiet=0.0, limit=0.5)
+        self._expected_restart()
         self._wait_ready("after system_reset")
 
     # --- power -----------------------------------------------------------------------------------
@@ -199,14 +211,45 @@ class QemuBoard(Driver[Any]):
     @property
     def uboot(self) -> UBootShell:
         """The U-Boot helper on the console (``interrupt()``, ``run(cmd)``)."""
-        return UBootShell(self.console)
+        shell = self.console.shell
+        return (
+            shell if isinstance(shell, UBootShell) else UBootShell(self.console, self.config.shell_settings)
+        )
+
+    @property
+    def shell_settings(self) -> ShellSettings:
+        """The console shell's settings (prompt, login, fatal patterns, stages)."""
+        return self.config.shell_settings
+
+    def boot_to(self, stage: str) -> None:
+        """Bring the board to boot stage ``stage`` (``shell`` at power-on, or one of ``stages``)."""
+        _stages.boot_to(self, stage)
+
+    def _expected_restart(self) -> None:
+        """We restarted the board ourselves: old text and events are history, the first stage is back."""
+        self._event_mark = len(self.events)
+        if self._console is not None:
+            self._console.fatal.skip_seen()
+            self._console.shell = _stages.make_shell(self, self.shell_kind)
+        self.stage = self.shell_kind
+
+    def _watch_events(self) -> BaseException | None:
+        """Console watch: a RESET or SHUTDOWN the board did not ask for ends a shell command at once."""
+        for index, event in enumerate(list(self.events)[self._event_mark :], self._event_mark):
+            if event.get("event") in ("RESET", "SHUTDOWN"):
+                self._event_mark = index + 1
+                reason = event.get("data", {}).get("reason", "")
+                shown = f"QMP event {event['event']}" + (f" ({reason})" if reason else "")
+                console = self._console
+                return _stages.unexpected_restart(self.device_name, shown, console)
+        return None
 
     def sync_console(self, timeout: float, command: str = "true") -> None:
         """Prove the shell answers, and leave the console just past its next prompt (as after boot)."""
-        if self.shell_kind == "uboot":
+        if self.stage == "uboot" or isinstance(self.console.shell, UBootShell):
             self.uboot.sync(timeout)
             return
-        result = LinuxShell(self.console).run(f"{command} >/dev/null 2>&1; true", timeout=timeout)
+        result = _stages.make_shell(self, "linux").run(f"{command} >/dev/null 2>&1; true", timeout=timeout)
         if result.status != 0:
             raise DriverError(self.device_name, f"the shell answered {command!r} with status {result.status}")
         if not self.config.ready:
@@ -219,6 +262,8 @@ class QemuBoard(Driver[Any]):
             self.uboot.interrupt(timeout)
         else:
             console.expect(self.ready_pattern, timeout=timeout)
+            if self.config.shell_settings.login is not None and self.shell_kind == "linux":
+                console.shell.login()
         self.ctx.progress(f"{self.device_name}: ready {context}")
 
     def _drain_console(self) -> None:
@@ -388,17 +433,18 @@ class QemuBoard(Driver[Any]):
             )
             assert process.qmp is not None and process.console_sock is not None
             self.events = process.qmp.events
+            self._event_mark = 0
             self._console = Console(
                 SocketTransport(process.console_sock),
                 device=self.device_name,
                 timeout=self.config.console_timeout,
                 logfile_read=self.ctx.transcript,
-                fatal_patterns=LINUX_FATAL_PATTERNS if self.shell_kind == "linux" else (),
+                fatal_patterns=_stages.fatal_patterns(self.shell_kind, self.config.shell_settings),
                 on_eof=self._on_console_eof,
+                watch=self._watch_events,
             )
-            self._console.shell = (
-                UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
-            )
+            self._console.shell = _stages.make_shell(self, self.shell_kind)
+            self.stage = self.shell_kind
             self._net.read_forwards()
             process.qmp.execute("cont", timeout=5.0)
             self.accel = accel

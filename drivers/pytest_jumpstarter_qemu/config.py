@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_jumpstarter.settings import Setting, SettingValueError
+from pytest_jumpstarter.settings import Setting, SettingValueError, build, declare
+from pytest_jumpstarter.shell_settings import ShellSettings, check_shell
 
 from .disks import Disk, parse_disks
 from .network import UserNetwork, parse_network
@@ -73,7 +74,11 @@ SETTINGS: Mapping[str, Setting] = {
     ),
     "autostart": Setting("bool", True, "power on when the device starts (false: start powered off)"),
     "extra_args": Setting("list", [], "more qemu-system arguments, appended as given"),
+    # The console shell's keys (prompt, login, fatal_patterns, interrupt, line_limit, stages...): one
+    # group shared by the board drivers, kept apart so the QEMU keys above can change on their own.
+    **declare(ShellSettings),
 }
+_SHELL_KEYS = tuple(declare(ShellSettings))
 
 
 def check(settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
@@ -99,6 +104,15 @@ def check(settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
         parse_network(settings.get("network"))
     except SettingValueError as exc:
         yield "network", str(exc)
+    yield from check_shell(shell_settings(settings), str(settings.get("shell", "linux")))
+
+
+def shell_settings(settings: Mapping[str, Any]) -> ShellSettings:
+    """The console shell's settings out of a board's settings."""
+    shell: ShellSettings = build(
+        declare(ShellSettings), ShellSettings, {k: settings[k] for k in _SHELL_KEYS if k in settings}
+    )
+    return shell
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +142,7 @@ class QemuConfig:
     powerdown_timeout: float
     autostart: bool
     extra_args: tuple[str, ...]
+    shell_settings: ShellSettings
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], base_dir: Path) -> QemuConfig:
@@ -166,6 +181,7 @@ class QemuConfig:
             powerdown_timeout=float(get("powerdown_timeout")),
             autostart=bool(get("autostart")),
             extra_args=tuple(str(a) for a in get("extra_args") or ()),
+            shell_settings=shell_settings(settings),
         )
 
     @property
