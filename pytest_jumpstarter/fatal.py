@@ -56,6 +56,8 @@ class FatalScanner:
         self.position = 0
         self.diagnosed_to = 0
         self._window = ""
+        #: The last panic seen since the board last restarted (a kept board is then not handed out).
+        self.last: BoardPanic | None = None
         #: Off while a caller expects the board to reset or print such text (``Console.fatal_paused``).
         self.enabled = True
 
@@ -79,10 +81,14 @@ class FatalScanner:
             return None
         m, meaning = found
         self.diagnosed_to = start + m.end()
+        error: DriverError
         if meaning == "reset":
-            return BoardReset(self.device, "", m.group(0).strip(), tail)
-        return BoardPanic(self.device, m.group(0).strip(), tail)
+            error = BoardReset(self.device, "", m.group(0).strip(), tail)
+        else:
+            error = self.last = BoardPanic(self.device, m.group(0).strip(), tail)
+        return error
 
     def skip_seen(self) -> None:
         """Treat everything read so far as diagnosed (after a restart the old text is history)."""
         self.diagnosed_to = self.position
+        self.last = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .settings import setting
 
@@ -41,6 +42,7 @@ class BootStage:
 
     boots_from: str = setting(doc="the stage this one boots from (uboot)")
     commands: list[str] = setting([], doc="typed at the previous stage's shell; the last one boots")
+    tftp: dict[str, Path] = setting({}, doc="files put in the board's TFTP folder first: {name: file}")
     shell: str = setting("linux", choices=("linux", "uboot"), doc="the shell this stage has")
     ready: str | None = setting(None, doc="regex that means this stage is up (default: its prompt)")
     timeout: float = setting(120.0, kind="duration", doc="how long the boot may take")

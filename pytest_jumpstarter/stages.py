@@ -9,6 +9,8 @@ A test can ask with the marker ``@pytest.mark.boot_stage("linux")``.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import BoardReset, DriverError
@@ -38,6 +40,9 @@ class StagedBoard(Protocol):
 
     @property
     def shell_settings(self) -> ShellSettings: ...
+
+    @property
+    def tftp_root(self) -> Path | None: ...
 
     def reset(self) -> None: ...
 
@@ -91,6 +96,14 @@ def boot_to(board: StagedBoard, stage: str) -> None:
         board.reset()  # back to the first stage
     for step in path[path.index(board.stage) + 1 :]:
         spec = board.shell_settings.stages[step]
+        if spec.tftp:
+            root = board.tftp_root
+            if root is None:
+                raise DriverError(
+                    board.device_name, f"boot stage {step!r} has tftp files: the board has no TFTP folder"
+                )
+            for name, source in spec.tftp.items():
+                shutil.copyfile(source, root / name)
         console = board.console
         shell = console.shell
         *setup, last = spec.commands or [""]

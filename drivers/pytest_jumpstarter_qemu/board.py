@@ -155,6 +155,15 @@ class QemuBoard(Driver[Any]):
         self._expected_restart()
         self._wait_ready("after system_reset")
 
+    def health(self) -> str | None:
+        if not self.started:
+            return None
+        if self.process is not None and not self.is_running:
+            return self._exited("between tests").message.splitlines()[0]
+        if self._console is not None and self._console.fatal.last is not None:
+            return f"its console showed {self._console.fatal.last.pattern!r}"
+        return None
+
     # --- power -----------------------------------------------------------------------------------
 
     @property
