@@ -185,6 +185,14 @@ class Child:
     def close(self) -> None:
         """Stop the child if it still runs and release its pidfd and pipes.  Safe to call twice."""
         self.stop()
+        self.release()
+
+    def release(self) -> None:
+        """Release the pidfd and pipes of a child that has exited, leaving its session alone.
+
+        For a command whose job is to start something that outlives it (a power-on that starts a
+        console server); :meth:`close` would end that too.
+        """
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None

@@ -9,23 +9,19 @@ argv, the exit status and the end of its stderr.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
 import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from pytest_jumpstarter.capabilities import PowerState
 from pytest_jumpstarter.driver import Driver
 from pytest_jumpstarter.errors import DriverError
+from pytest_jumpstarter.process import Child, spawn
 from pytest_jumpstarter.settings import setting
 
 #: Characters that only mean something to a shell; in a program name they mean a shell was expected.
@@ -149,51 +145,41 @@ class CommandPower(Driver[CommandPowerSettings]):
         if program is None:
             raise DriverError(self.device_name, f"power {action} command {shown!r}: {argv[0]!r} not found")
         self.ctx.progress(f"{self.device_name}: power {action}")
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(
-                    [program, *argv[1:]],
-                    cwd=self._cwd(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    # Its own session: a timeout stops the command and whatever it started in its group.
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise DriverError(
-                    self.device_name, f"power {action} command {shown!r} cannot run: {exc}"
-                ) from exc
-            try:
-                status = proc.wait(settings.timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
+        # stdout and stderr go to a file, not a pipe: a daemon the command leaves behind would hold a
+        # pipe open.  What the command started may outlive it (that can be its job), so a command that
+        # exits is released, not stopped; one that outlives its timeout is stopped with its group.
+        log = self.ctx.workdir / f"power-{action}.log"
+        self.ctx.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            child = spawn(
+                [program, *argv[1:]], device=self.device_name, stdout="stderr", stderr=log, cwd=self._cwd()
+            )
+        except (OSError, DriverError) as exc:
+            raise DriverError(
+                self.device_name, f"power {action} command {shown!r} cannot run: {exc}"
+            ) from exc
+        try:
+            if not child.wait(settings.timeout):
+                child.kill()
                 raise DriverError(
                     self.device_name,
                     f"power {action} command {shown!r} did not finish within {settings.timeout:g}s "
-                    f"(stopped it); stderr: {self._tail(err)}",
-                ) from None
-            except BaseException:
-                _kill_group(proc)
-                raise
-            if status != 0 and check:
-                raise DriverError(
-                    self.device_name,
-                    f"power {action} command {shown!r} failed with exit status {status}; "
-                    f"stderr: {self._tail(err)}",
+                    f"(stopped it); stderr: {self._tail(child)}",
                 )
+            status = child.returncode
+            assert status is not None
+        except BaseException:
+            child.kill()
+            child.release()
+            raise
+        child.release()
+        if status != 0 and check:
+            raise DriverError(
+                self.device_name,
+                f"power {action} command {shown!r} failed with exit status {status}; "
+                f"stderr: {self._tail(child)}",
+            )
         return status
 
-    def _tail(self, stream: IO[bytes], limit: int = 2000) -> str:
-        stream.seek(0, os.SEEK_END)
-        stream.seek(max(0, stream.tell() - limit))
-        text = stream.read().decode("utf-8", "replace").strip()
-        return self.ctx.redact("\n".join(text.splitlines()[-10:])) or "(empty)"
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    # SIGKILL cannot be refused; the bound only guards against a process stuck in the kernel.
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5.0)
+    def _tail(self, child: Child) -> str:
+        return self.ctx.redact(child.stderr_tail(10).strip()) or "(empty)"
