@@ -60,6 +60,10 @@ class FatalScanner:
         self.last: BoardPanic | None = None
         #: Off while a caller expects the board to reset or print such text (``Console.fatal_paused``).
         self.enabled = True
+        #: Resets diagnosed from console text (here, or by a shell: :meth:`note_reset`).  The board's
+        #: QMP RESET event for the same reset comes just after its text; the board counts them off
+        #: against this, so one reset is reported once.
+        self.resets = 0
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -83,10 +87,15 @@ class FatalScanner:
         self.diagnosed_to = start + m.end()
         error: DriverError
         if meaning == "reset":
+            self.resets += 1
             error = BoardReset(self.device, "", m.group(0).strip(), tail)
         else:
             error = self.last = BoardPanic(self.device, m.group(0).strip(), tail)
         return error
+
+    def note_reset(self) -> None:
+        """A shell saw the board restart (a new sign-on) and reported it."""
+        self.resets += 1
 
     def skip_seen(self) -> None:
         """Treat everything read so far as diagnosed (after a restart the old text is history)."""

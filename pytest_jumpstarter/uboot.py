@@ -109,6 +109,18 @@ class UBootShell(Shell):
         one_line = blank or ("#" not in command and len(command) + 2 + len(marker) <= self.line_limit)
         line = marker if blank else f"{command}; {marker}" if one_line else command
         seconds = console.timeout if timeout is None else timeout
+        try:
+            return self._run(command, line, marker, end, one_line, blank, seconds)
+        except BoardReset as exc:
+            if exc.command:
+                raise
+            # Found by a fatal pattern or a QMP event, which do not know the command: name it.
+            raise BoardReset(console.device, command, exc.shown, exc.console_tail) from None
+
+    def _run(
+        self, command: str, line: str, marker: str, end: str, one_line: bool, blank: bool, seconds: float
+    ) -> RunResult:
+        console = self.console
         deadline = Deadline(seconds, f"the end of U-Boot command {command!r}")
         with (
             console.watched(),
@@ -118,11 +130,11 @@ class UBootShell(Shell):
             self._expect(command, re.escape(line) + "\r?\n", deadline)
             if one_line:
                 if self._expect(command, end, deadline) == 1:
-                    return RunResult(command, clean(console.before).strip(), 1, time.monotonic() - start)
+                    return self._syntax_error(command, deadline, start)
                 output, status = console.before, 0 if blank else int(console.match.group(1))
             else:
                 if self._expect(command, self.prompt, deadline) == 1:
-                    return RunResult(command, clean(console.before).strip(), 1, time.monotonic() - start)
+                    return self._syntax_error(command, deadline, start)
                 before, prompt = console.before, console.after
                 console.sendline(marker)
                 self._expect(command, f"{re.escape(marker)}\r?\n{end}", deadline)
@@ -136,11 +148,19 @@ class UBootShell(Shell):
             command, text[:-1] if text.endswith("\n") else text, status, time.monotonic() - start
         )
 
+    def _syntax_error(self, command: str, deadline: Deadline, start: float) -> RunResult:
+        """hush printed its message (``syntax error``) and ran nothing; ``$?`` is untouched, so the
+        status is ours: 1.  The prompt after the message is read, so nothing stale is left."""
+        console = self.console
+        message = clean(console.before + console.after).strip()
+        console.expect(self.prompt, timeout=deadline.remaining())
+        return RunResult(command, message, 1, time.monotonic() - start)
+
     def _expect(self, command: str, pattern: str, deadline: Deadline) -> int:
         """Wait for ``pattern``: 0; hush's syntax error: 1; a restart or an unfinished line: raise."""
         console = self.console
         index: int = console.expect(
-            [pattern, _SYNTAX_ERROR, _CONTINUATION, *self.reset_patterns], timeout=deadline.remaining(0.0)
+            [pattern, _SYNTAX_ERROR, _CONTINUATION, *self.reset_patterns], timeout=deadline.remaining()
         )
         if index == 2:
             console.interrupt(self.settings.interrupt)
@@ -151,5 +171,6 @@ class UBootShell(Shell):
                 " the line was cancelled",
             )
         if index > 2:
+            console.fatal.note_reset()
             raise BoardReset(console.device, command, console.match.group(0).strip(), console.tail())
         return index

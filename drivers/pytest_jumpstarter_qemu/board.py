@@ -84,6 +84,7 @@ class QemuBoard(Driver[Any]):
         self._tftp_root: Path | None = None
         self.events: Events = Events()
         self._event_mark = 0  # events before this index were expected (or already diagnosed)
+        self._resets_told = 0  # of the console's text-diagnosed resets, how many a RESET event matched
         self.boots = 0
         #: The acceleration of the last power-on (``accel: auto`` resolved).
         self.accel: str | None = None
@@ -239,18 +240,29 @@ class QemuBoard(Driver[Any]):
         self._event_mark = len(self.events)
         if self._console is not None:
             self._console.fatal.skip_seen()
+            self._resets_told = self._console.fatal.resets
             self._console.shell = _stages.make_shell(self, self.shell_kind)
         self.stage = self.shell_kind
 
     def _watch_events(self) -> BaseException | None:
         """Console watch: a RESET or SHUTDOWN the board did not ask for ends a shell command at once."""
+        console = self._console
         for index, event in enumerate(list(self.events)[self._event_mark :], self._event_mark):
-            if event.get("event") in ("RESET", "SHUTDOWN"):
-                self._event_mark = index + 1
-                reason = event.get("data", {}).get("reason", "")
-                shown = f"QMP event {event['event']}" + (f" ({reason})" if reason else "")
-                console = self._console
-                return _stages.unexpected_restart(self.device_name, shown, console)
+            if event.get("event") not in ("RESET", "SHUTDOWN"):
+                continue
+            self._event_mark = index + 1
+            if event["event"] == "RESET" and console is not None and console.fatal.resets > self._resets_told:
+                self._resets_told += 1  # the console text ("resetting ...") already reported this reset
+                continue
+            reason = event.get("data", {}).get("reason", "")
+            shown = f"QMP event {event['event']}" + (f" ({reason})" if reason else "")
+            if console is not None:
+                # The guest printed its last words before the reset happened: they are readable now.
+                # They are part of this same reset, so they must not be reported again.
+                with console.fatal_paused():
+                    console.drain(quiet=0.0, limit=0.5)
+                self._resets_told = console.fatal.resets
+            return _stages.unexpected_restart(self.device_name, shown, console)
         return None
 
     def sync_console(self, timeout: float, command: str = "true") -> None:
@@ -442,7 +454,7 @@ class QemuBoard(Driver[Any]):
             )
             assert process.qmp is not None and process.console_sock is not None
             self.events = process.qmp.events
-            self._event_mark = 0
+            self._event_mark = self._resets_told = 0
             self._console = Console(
                 SocketTransport(process.console_sock),
                 device=self.device_name,
