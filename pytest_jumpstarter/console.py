@@ -254,11 +254,15 @@ class Console(SpawnBase):  # type: ignore[misc]
         """Read until the board has been quiet for ``quiet`` seconds (at most ``limit`` in all)."""
         deadline = Deadline(limit, "the console to go quiet")
         got = []
-        while not deadline.expired:
-            try:
-                got.append(self.read_nonblocking(self.maxread, quiet))
-            except pexpect.TIMEOUT:
-                break
+        watching, self._watching = self._watching, 0  # draining is not a command's wait
+        try:
+            while not deadline.expired:
+                try:
+                    got.append(self.read_nonblocking(self.maxread, quiet))
+                except pexpect.TIMEOUT:
+                    break
+        finally:
+            self._watching = watching
         # Everything unmatched so far goes: pexpect keeps it in two places, and its next expect
         # searches ``_before`` (all text since the last match) when that is the longer one.
         stale: str = self._before.getvalue()  # type: ignore[has-type]

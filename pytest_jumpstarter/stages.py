@@ -116,8 +116,13 @@ def boot_to(board: StagedBoard, stage: str) -> None:
                 )
         new = make_shell(board, spec.shell)
         # The last command boots: its prompt never comes back, the next stage's does.
-        shell.raw(last, wait_prompt=False, timeout=spec.timeout)
-        console.expect(spec.ready or new.prompt, timeout=spec.timeout)
+        # Watched: a board that resets instead of booting (a QMP RESET event) fails at once.
+        try:
+            with console.watched():
+                shell.raw(last, wait_prompt=False, timeout=spec.timeout)
+                console.expect(spec.ready or new.prompt, timeout=spec.timeout)
+        except BoardReset as exc:
+            raise BoardReset(board.device_name, last, exc.shown, exc.console_tail) from None
         console.shell = new
         if spec.shell == "linux" and board.shell_settings.login is not None:
             new.login()

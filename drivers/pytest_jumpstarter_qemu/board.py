@@ -161,6 +161,15 @@ class QemuBoard(Driver[Any]):
             return None
         if self.process is not None and not self.is_running:
             return self._exited("between tests").message.splitlines()[0]
+        if self.process is not None and self.process.qmp is not None:
+            # A QEMU killed a moment ago may not have exited yet; one that answers QMP is alive.
+            try:
+                self.process.qmp.execute("query-status", timeout=2.0)
+            except DriverError:
+                self.process.wait_exit(2.0)
+                if not self.is_running:
+                    return self._exited("between tests").message.splitlines()[0]
+                return "it does not answer QMP"
         if self._console is not None and self._console.fatal.last is not None:
             return f"its console showed {self._console.fatal.last.pattern!r}"
         return None
@@ -285,6 +294,9 @@ class QemuBoard(Driver[Any]):
             console.expect(self.ready_pattern, timeout=timeout)
             if self.config.shell_settings.login is not None and self.shell_kind == "linux":
                 console.shell.login()
+        # RESET events on the way here belong to this boot (SeaBIOS resets the board again after a
+        # system_reset): only later ones are the board restarting under a command.
+        self._event_mark = len(self.events)
         self.ctx.progress(f"{self.device_name}: ready {context}")
 
     def _drain_console(self) -> None:

@@ -1,4 +1,4 @@
-"""Boot stages on a real chain: Debian's x86_64 U-Boot loads the demo Linux over TFTP and zboots it."""
+"""Boot stages on a real chain: Debian's x86 U-Boot loads the demo Linux over TFTP and zboots it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pytest_jumpstarter.uboot import UBootShell
 
 pytestmark = pytest.mark.qemu
 EXAMPLE = Path(__file__).parents[2] / "conftest_examples" / "qemu-x86_64-uboot-linux.yaml"
-UBOOT_X86 = Path("/usr/lib/u-boot/qemu-x86_64/u-boot.rom")
+UBOOT_X86 = Path("/usr/lib/u-boot/qemu-x86/u-boot.rom")
 
 
 def test_uboot_boots_the_demo_linux_over_tftp_and_back(tmp_path: Path) -> None:
