@@ -166,8 +166,7 @@ class QemuBoard(Driver[Any]):
             try:
                 self.process.qmp.execute("query-status", timeout=2.0)
             except DriverError:
-                self.process.wait_exit(2.0)
-                if not self.is_running:
+                if self.process.wait_exit(2.0):
                     return self._exited("between tests").message.splitlines()[0]
                 return "it does not answer QMP"
         if self._console is not None and self._console.fatal.last is not None:
