@@ -65,6 +65,11 @@ class FatalScanner:
         #: against this, so one reset is reported once.
         self.resets = 0
 
+    def add(self, patterns: Iterable[FatalPattern]) -> None:
+        """More patterns (a composite board's, on its console part's console), each one once."""
+        known = {(regex.pattern, kind) for regex, kind in self.patterns}
+        self.patterns += [(re.compile(p.regex), p.kind) for p in patterns if (p.regex, p.kind) not in known]
+
     def __bool__(self) -> bool:
         return bool(self.patterns)
 

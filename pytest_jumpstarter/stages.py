@@ -60,12 +60,16 @@ def fatal_patterns(first: str, settings: ShellSettings) -> list[FatalPattern]:
 
 def make_shell(board: StagedBoard, kind: str) -> Shell:
     """The shell helper of ``kind`` on the board's console, with the board's shell settings."""
-    settings = board.shell_settings
+    return shell_for(board.console, kind, board.shell_kind, board.shell_settings)
+
+
+def shell_for(console: Console, kind: str, first: str, settings: ShellSettings) -> Shell:
+    """The shell helper of ``kind`` on ``console``, for a board whose first stage is ``first``."""
     if kind == "uboot":
         # prompt:/login: describe the board's OS shell unless its first stage is U-Boot.
-        own = settings if board.shell_kind == "uboot" else ShellSettings(interrupt=settings.interrupt)
-        return UBootShell(board.console, own)
-    return LinuxShell(board.console, settings)
+        own = settings if first == "uboot" else ShellSettings(interrupt=settings.interrupt)
+        return UBootShell(console, own)
+    return LinuxShell(console, settings)
 
 
 def unexpected_restart(device: str, shown: str, console: Console | None) -> BoardReset:

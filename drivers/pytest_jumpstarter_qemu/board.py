@@ -159,16 +159,15 @@ class QemuBoard(Driver[Any]):
     def health(self) -> str | None:
         if not self.started:
             return None
-        if self.process is not None and not self.is_running:
-            return self._exited("between tests").message.splitlines()[0]
         if self.process is not None and self.process.qmp is not None:
             # A QEMU killed a moment ago may not have exited yet; one that answers QMP is alive.
             try:
                 self.process.qmp.execute("query-status", timeout=2.0)
             except DriverError:
-                if self.process.wait_exit(2.0):
-                    return self._exited("between tests").message.splitlines()[0]
-                return "it does not answer QMP"
+                if not self.process.wait_exit(2.0):
+                    return "it does not answer QMP"
+        if self.process is not None and not self.is_running:
+            return self._exited("between tests").message.splitlines()[0]
         if self._console is not None and self._console.fatal.last is not None:
             return f"its console showed {self._console.fatal.last.pattern!r}"
         return None
@@ -262,11 +261,12 @@ class QemuBoard(Driver[Any]):
             if event["event"] == "RESET" and console is not None and console.fatal.resets > self._resets_told:
                 self._resets_told += 1  # the console text ("resetting ...") already reported this reset
                 continue
+            if event["event"] == "SHUTDOWN" and self.process is not None and self.process.wait_exit(2.0):
+                return self._exited("while the console was in use")  # it is gone, not restarting
             reason = event.get("data", {}).get("reason", "")
             shown = f"QMP event {event['event']}" + (f" ({reason})" if reason else "")
             if console is not None:
-                # The guest printed its last words before the reset happened: they are readable now.
-                # They are part of this same reset, so they must not be reported again.
+                # Its last words (printed before the reset) are readable now: this same reset, not news.
                 with console.fatal_paused():
                     console.drain(quiet=0.0, limit=0.5)
                 self._resets_told = console.fatal.resets
