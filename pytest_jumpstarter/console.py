@@ -114,7 +114,7 @@ class Console(SpawnBase):  # type: ignore[misc]
         if self._log_size < BOOT_LOG_LIMIT:
             self._log_chunks.append(text)
             self._log_size += len(text)
-        if self.fatal and (error := self.fatal.feed(text, self.tail())) is not None:
+        if self.fatal and (error := self.fatal.feed(text, self.tail)) is not None:
             raise error
         return text
 

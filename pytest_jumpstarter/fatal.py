@@ -10,7 +10,7 @@ again: the scanner remembers where in the stream its last match ended, so the ov
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,8 +73,9 @@ class FatalScanner:
     def __bool__(self) -> bool:
         return bool(self.patterns)
 
-    def feed(self, text: str, tail: str) -> DriverError | None:
-        """Scan ``text`` (just read); the error its first new fatal pattern means, else None."""
+    def feed(self, text: str, tail: Callable[[], str]) -> DriverError | None:
+        """Scan ``text`` (just read); the error its first new fatal pattern means (with ``tail()``, the
+        console's last lines, asked only then: it costs more than the scan), else None."""
         self._window = (self._window + text)[-(OVERLAP + len(text)) :]
         self.position += len(text)
         if not self.enabled or not self.patterns:
@@ -93,9 +94,9 @@ class FatalScanner:
         error: DriverError
         if meaning == "reset":
             self.resets += 1
-            error = BoardReset(self.device, "", m.group(0).strip(), tail)
+            error = BoardReset(self.device, "", m.group(0).strip(), tail())
         else:
-            error = self.last = BoardPanic(self.device, m.group(0).strip(), tail)
+            error = self.last = BoardPanic(self.device, m.group(0).strip(), tail())
         return error
 
     def note_reset(self) -> None:

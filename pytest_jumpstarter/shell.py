@@ -9,6 +9,7 @@ the timed-out call*, so the next command (and the next test) starts clean.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,8 @@ from .waiting import Deadline
 if TYPE_CHECKING:
     from .console import Console
 
+#: Two letters that differ between processes, for :meth:`Shell._short_token`.
+_SALT = "".join(chr(ord("g") + (os.getpid() >> (4 * i)) % 20) for i in range(2))
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
 
 
@@ -70,6 +73,10 @@ class Shell:
 
     def _token(self) -> str:
         return f"{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
+
+    def _short_token(self) -> str:
+        """Unique on this console (a counter) and apart from another process's (two salt letters)."""
+        return f"{next(self._ids):x}{_SALT}"
 
     # --- what subclasses provide ---------------------------------------------------------------
 
