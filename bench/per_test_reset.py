@@ -112,11 +112,10 @@ def profile_restore(images: Images, rounds: int = 15) -> dict[str, float]:
     from pytest_jumpstarter_qemu import QemuBoard
 
     from pytest_jumpstarter.driver import DeviceContext, Transcript
-    from pytest_jumpstarter.settings import coerce
 
     with tempfile.TemporaryDirectory(prefix="bench-reset-") as tmp:
         settings = {"kernel": str(images.linux_kernel), "initrd": str(images.linux_initrd)}
-        typed = {k: coerce(QemuBoard.settings[k], v, Path(tmp)) for k, v in settings.items()}
+        typed = QemuBoard.settings_from(settings, Path(tmp))
         ctx = DeviceContext(
             name="qemu_vm", target="bench", settings=typed, workdir=Path(tmp), transcript=Transcript(),
             reset="snapshot",

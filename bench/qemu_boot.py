@@ -98,14 +98,15 @@ def labgrid(python: Path, *args: object, timeout: float = 1800) -> dict[str, Any
 
 def our_board(kernel: Path, initrd: Path, workdir: Path) -> QemuBoard:
     settings = {
-        "kernel": kernel,
-        "initrd": initrd,
+        "kernel": str(kernel),
+        "initrd": str(initrd),
         "append": APPEND,
         "autostart": False,
         "boot_timeout": 120.0,
         "memory": 256 * 1024 * 1024,
     }
-    return QemuBoard(DeviceContext(name="qemu_vm", target="bench", settings=settings, workdir=workdir))
+    typed = QemuBoard.settings_from(settings, workdir)
+    return QemuBoard(DeviceContext(name="qemu_vm", target="bench", settings=typed, workdir=workdir))
 
 
 def our_boot(board: QemuBoard) -> float:

@@ -74,6 +74,7 @@ class Console(SpawnBase):  # type: ignore[misc]
         fatal_patterns: Sequence[str | FatalPattern] = (),
         on_eof: Callable[[], BaseException | None] | None = None,
         watch: Callable[[], BaseException | None] | None = None,
+        on_timeout: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(
             timeout=timeout,
@@ -92,6 +93,8 @@ class Console(SpawnBase):  # type: ignore[misc]
         )
         self.watch = watch
         self._watching = 0
+        #: Called when a wait times out: what the owner sees that explains the silence (a paused VM).
+        self.on_timeout = on_timeout
         self._tail = ""
         self._log_chunks: list[str] = []
         self._log_size = 0
@@ -276,7 +279,11 @@ class Console(SpawnBase):  # type: ignore[misc]
         if isinstance(patterns, str | bytes) or not isinstance(patterns, list | tuple):
             patterns = [patterns]
         shown = " or ".join(repr(p) for p in patterns if p not in (pexpect.TIMEOUT, pexpect.EOF))
-        return ConsoleTimeout(self.device, shown or "output", timeout, self.tail())
+        return ConsoleTimeout(self.device, shown or "output", timeout, self.tail(), self.diagnosis())
+
+    def diagnosis(self) -> str:
+        """What the owner found that explains a silent console ("" if nothing, or no owner to ask)."""
+        return (self.on_timeout() or "") if self.on_timeout is not None else ""
 
     def _eof_error(self) -> BaseException:
         if self.on_eof is not None:

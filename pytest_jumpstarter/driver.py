@@ -15,6 +15,7 @@ Built-in and third-party drivers register the same way: by implementing the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import threading
@@ -26,6 +27,7 @@ from typing import Any, ClassVar, Generic, TextIO, TypeVar
 
 from .capabilities import CAPABILITIES, describe_needs, implements
 from .errors import DeviceStateError
+from .redact import Redactor
 from .settings import Setting, SettingValueError, build, coerce, declare
 
 S = TypeVar("S")
@@ -50,33 +52,58 @@ class Transcript:
         self._path: Path | None = None
         self._buffer = io.StringIO()
         self._size = 0
+        #: The raw end of the output so far that could be the start of a secret (see Redactor.split).
+        self._pending = ""
 
     def write(self, text: str) -> int:
         with self._lock:
+            # Redacted over a sliding window, not read by read: a secret split across two console
+            # reads must not reach the log file whole.
+            if isinstance(self._redact, Redactor):
+                safe, self._pending = self._redact.split(self._pending + text)
+            else:
+                safe = self._redact(text)
+            self._emit(safe)
+        return len(text)
+
+    def _emit(self, safe: str) -> None:
+        if not safe:
+            return
+        try:
             if self._file is None and self._path is not None:
                 # Opened at the first output, so a quiet device costs no file per test.
                 self._path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self._path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
             if self._file is not None:
-                self._file.write(self._redact(text))
-            self._buffer.write(text)
-            self._size += len(text)
-            if self._size > 2 * self.report_limit:
-                # Keep only the tail: the end of a transcript explains a failure, the start rarely does.
-                tail = self._buffer.getvalue()[-self.report_limit :]
-                self._buffer = io.StringIO()
-                self._buffer.write(tail)
-                self._size = len(tail)
-        return len(text)
+                self._file.write(safe)
+        except OSError as exc:
+            self._file_failed(exc)
+        self._buffer.write(safe)
+        self._size += len(safe)
+        if self._size > 2 * self.report_limit:
+            # Keep only the tail: the end of a transcript explains a failure, the start rarely does.
+            tail = self._buffer.getvalue()[-self.report_limit :]
+            self._buffer = io.StringIO()
+            self._buffer.write(tail)
+            self._size = len(tail)
+
+    def _drain(self) -> None:
+        # A section ends: what was held back can no longer be continued there.
+        self._emit(self._redact(self._pending))
+        self._pending = ""
 
     def flush(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.flush()
+                try:
+                    self._file.flush()
+                except OSError as exc:
+                    self._file_failed(exc)
 
     def begin(self, log_path: Path | None) -> None:
         """Start a new section (a test); its output also goes to ``log_path`` when given."""
         with self._lock:
+            self._drain()
             self._close_file()
             self._buffer = io.StringIO()
             self._size = 0
@@ -85,17 +112,31 @@ class Transcript:
     def end(self) -> str:
         """Close the section and return its (redacted, possibly tail-only) text."""
         with self._lock:
+            self._drain()
             self._close_file()
             text = self._buffer.getvalue()
             self._buffer = io.StringIO()
             self._size = 0
-        return self._redact(text[-self.report_limit :])
+        return text[-self.report_limit :]
 
     def _close_file(self) -> None:
-        self._path = None
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._file_failed(exc)
+        self._file = None
+        self._path = None
+
+    def _file_failed(self, exc: OSError) -> None:
+        # A log folder that fills up (or goes away) mid-test must not fail the console read that
+        # wrote to it: the rest of the section is kept for the report only, and the report says so.
+        self._buffer.write(f"\n[jumpstarter: console log {self._path} stopped: {exc.strerror or exc}]\n")
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._file = None
+        self._path = None
 
 
 @dataclass

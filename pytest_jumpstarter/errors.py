@@ -76,7 +76,7 @@ class DeviceExited(DriverError):
         if returncode is None:
             how = "exited"
         elif returncode < 0:
-            how = f"exited, killed by signal {-returncode}"
+            how = f"exited, killed by signal {-returncode} ({_signal_name(-returncode)})"
         else:
             how = f"exited with code {returncode}"
         parts = [f"process {how}" + (f" {context}" if context else "")]
@@ -92,14 +92,19 @@ class DeviceExited(DriverError):
 class ConsoleTimeout(DriverError, pexpect.TIMEOUT):  # type: ignore[misc]
     """A console wait passed its deadline.  Still a ``pexpect.TIMEOUT`` for pexpect-style callers."""
 
-    def __init__(self, device: str, waiting_for: str, timeout: float | None, console_tail: str) -> None:
+    def __init__(
+        self, device: str, waiting_for: str, timeout: float | None, console_tail: str, diagnosis: str = ""
+    ) -> None:
         self.waiting_for = waiting_for
         self.timeout = timeout
         self.console_tail = console_tail
+        #: What the device's owner found when the wait ended (QEMU's run state, say), or "".
+        self.diagnosis = diagnosis
+        found = f"found: {diagnosis}\n" if diagnosis else ""
         DriverError.__init__(
             self,
             device,
-            f"timed out after {timeout}s waiting for {waiting_for}\n"
+            f"timed out after {timeout}s waiting for {waiting_for}\n{found}"
             f"last console lines:\n{_indent(console_tail)}",
         )
 
@@ -140,6 +145,11 @@ class TunnelError(DriverError):
     """A network forward could not be made or used; the message names the board and the port."""
 
 
+class FolderError(JumpstarterError):
+    """A folder the run needs (for work files, console logs, leases or sockets) cannot be used;
+    the message names the folder, the option that chose it and what is wrong with it."""
+
+
 class CommandNotFound(DriverError):
     """A program the device needs (qemu-img, zstd, ip...) is not installed; the message says how to get it."""
 
@@ -169,6 +179,15 @@ class LockTimeout(JumpstarterError):
 def timeout_message(what: str, seconds: float, detail: str = "") -> str:
     """``timed out after 30s waiting for QEMU to connect (detail)``: one wording for every deadline."""
     return f"timed out after {seconds:g}s waiting for {what}" + (f" ({detail})" if detail else "")
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _indent(text: str, prefix: str = "    ") -> str:

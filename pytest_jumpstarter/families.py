@@ -9,7 +9,9 @@ module is kept cheap to import and loads its drivers only when asked for them, w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,28 @@ CONFTEST_NOTE = (
     "to one of those conftest.py files, or install it as a package in the pytest_jumpstarter.drivers "
     "entry-point group"
 )
+
+
+@dataclass(frozen=True)
+class DriverRef:
+    """A driver named by a family without importing it: ``DriverRef("qemu", "pkg.board:QemuBoard")``.
+
+    ``pytest_jumpstarter_add_drivers`` may return these instead of classes; a driver module is then
+    imported only when a target names its driver, so a run pays for the families it uses.
+    """
+
+    name: str
+    path: str
+
+    def load(self) -> type[Driver[Any]]:
+        """Import the class; a module that fails to import, or a class that is not this driver, raises."""
+        from .driver import Driver
+
+        module, _, attr = self.path.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        if not (isinstance(cls, type) and issubclass(cls, Driver)) or cls.name != self.name:
+            raise TypeError(f"{self.path} is not a Driver subclass named {self.name!r}")
+        return cls
 
 
 def register_families(pm: pytest.PytestPluginManager) -> list[str]:
@@ -56,11 +80,42 @@ def register_families(pm: pytest.PytestPluginManager) -> list[str]:
     return notes
 
 
-def collect_drivers(pm: pytest.PytestPluginManager) -> dict[str, type[Driver[Any]]]:
-    """Every driver class the registered families provide, by ``Driver.name``."""
+class DriverTable(Mapping[str, "type[Driver[Any]]"]):
+    """Driver classes by name; a :class:`DriverRef` is imported the first time its name is looked up."""
+
+    def __init__(
+        self, entries: Mapping[str, type[Driver[Any]] | DriverRef], origin: Mapping[str, str]
+    ) -> None:
+        self._entries = dict(entries)
+        self._origin = dict(origin)
+
+    def __getitem__(self, name: str) -> type[Driver[Any]]:
+        entry = self._entries[name]
+        if not isinstance(entry, DriverRef):
+            return entry
+        try:
+            cls = entry.load()
+        except Exception as exc:
+            raise pytest.UsageError(
+                f"driver {name!r} ({entry.path}, from {self._origin[name]}) cannot be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self._entries[name] = cls
+        return cls
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def collect_drivers(pm: pytest.PytestPluginManager) -> DriverTable:
+    """Every driver the registered families provide, by ``Driver.name`` (classes, or references
+    imported when a target uses them)."""
     from .driver import Driver
 
-    drivers: dict[str, type[Driver[Any]]] = {}
+    drivers: dict[str, type[Driver[Any]] | DriverRef] = {}
     origin: dict[str, str] = {}
     problems: list[str] = []
     for impl in reversed(pm.hook.pytest_jumpstarter_add_drivers.get_hookimpls()):
@@ -70,22 +125,29 @@ def collect_drivers(pm: pytest.PytestPluginManager) -> dict[str, type[Driver[Any
             problems.append(f"{where}: pytest_jumpstarter_add_drivers must return a list of Driver classes")
             continue
         for cls in classes:
-            label = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)!s}"
-            if not (isinstance(cls, type) and issubclass(cls, Driver)) or not cls.name:
-                problems.append(f"{where}: {label} is not a Driver subclass with a name")
+            if isinstance(cls, DriverRef):
+                name, label = cls.name, cls.path
+            elif isinstance(cls, type) and issubclass(cls, Driver) and cls.name:
+                name, label = cls.name, f"{cls.__module__}.{cls.__qualname__}"
+            else:
+                label = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)!s}"
+                problems.append(f"{where}: {label} is not a Driver subclass with a name, nor a DriverRef")
                 continue
-            if cls.name in drivers and drivers[cls.name] is not cls:
-                other = drivers[cls.name]
+            if name in drivers and drivers[name] != cls:
+                other = drivers[name]
+                shown = (
+                    other.path if isinstance(other, DriverRef) else f"{other.__module__}.{other.__qualname__}"
+                )
                 problems.append(
-                    f"driver name {cls.name!r} is provided twice: {other.__module__}.{other.__qualname__} "
-                    f"(from {origin[cls.name]}) and {label} (from {where}); rename one of them"
+                    f"driver name {name!r} is provided twice: {shown} "
+                    f"(from {origin[name]}) and {label} (from {where}); rename one of them"
                 )
                 continue
-            drivers[cls.name] = cls
-            origin[cls.name] = where
+            drivers[name] = cls
+            origin[name] = where
     if problems:
         raise pytest.UsageError("pytest-jumpstarter driver registration failed:\n  " + "\n  ".join(problems))
-    return drivers
+    return DriverTable(drivers, origin)
 
 
 def has_unknown_driver(error: TargetError) -> bool:

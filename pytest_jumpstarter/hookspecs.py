@@ -12,13 +12,17 @@ import pytest
 
 if TYPE_CHECKING:
     from .driver import Driver
+    from .families import DriverRef
+    from .model import DeviceSpec, TargetDescription
 
 
 @pytest.hookspec
-def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:  # type: ignore[empty-body]
-    """Return driver classes to make available to target descriptions.
+def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]] | DriverRef]:  # type: ignore[empty-body]
+    """Return the drivers to make available to target descriptions: classes, or
+    :class:`~pytest_jumpstarter.DriverRef` (name and ``"module:Class"``), which are imported only
+    when a target uses them, so a family costs nothing to a run that does not.
 
-    Called once per run; every implementation's list is merged.  Two classes with the same
+    Called once per run; every implementation's list is merged.  Two drivers with the same
     ``name`` are an error that names both.
     """
 
@@ -31,3 +35,11 @@ def pytest_jumpstarter_device_ready(device: Driver[Any], item: pytest.Item | Non
 @pytest.hookspec
 def pytest_jumpstarter_device_teardown(device: Driver[Any], item: pytest.Item | None) -> None:
     """A device is about to be stopped.  ``item`` is the last test that used it, if any."""
+
+
+@pytest.hookspec
+def pytest_jumpstarter_list_device(  # type: ignore[empty-body]
+    config: pytest.Config, target: TargetDescription, device: DeviceSpec
+) -> list[str]:
+    """More lines for ``--jumpstarter-list`` about ``device`` (e.g. whether a kept booted state fits
+    it); touches no hardware.  Every implementation's lines are shown."""

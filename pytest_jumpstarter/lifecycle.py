@@ -26,6 +26,7 @@ from .driver import DeviceContext, Driver, Transcript
 from .errors import JumpstarterError
 from .locking import DeviceLease, Holder
 from .target import DeviceSpec, Redactor, TargetDescription
+from .workfiles import owned_tempdir
 
 if TYPE_CHECKING:
     import pluggy
@@ -390,7 +391,8 @@ class DeviceManager:
 
     def _workroot(self) -> Path:
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="pytest-jumpstarter-"))
+            # With an owner record: if this process is killed, a later run sweeps the folder.
+            self._root = owned_tempdir("pytest-jumpstarter-")
         return self._root
 
     def logdir(self) -> Path:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
+from .model import DeviceSpec
 from .settings import settings_items
 from .target import TargetDescription
 
 TARGET_PARAM = "_jumpstarter_target"
 
 
-def render(targets: Sequence[TargetDescription], sources: Sequence[str], items: Sequence[pytest.Item]) -> str:
-    """The listing as text (the caller redacts secrets)."""
+def render(
+    targets: Sequence[TargetDescription],
+    sources: Sequence[str],
+    items: Sequence[pytest.Item],
+    more: Callable[[TargetDescription, DeviceSpec], list[str]] = lambda target, device: [],
+) -> str:
+    """The listing as text (the caller redacts secrets); ``more`` adds lines per device (hooks)."""
     if not targets:
         return (
             "jumpstarter: no targets configured (pass --target=board.yaml, set JUMPSTARTER_TARGET, "
@@ -67,6 +73,7 @@ def render(targets: Sequence[TargetDescription], sources: Sequence[str], items: 
                     lines.append(f"      {key} -> device {value}")
                 else:
                     lines.append(f"      {key} = {_show(value)}")
+            lines.extend(f"      {line}" for line in more(target, device))
         lines.append(f"  tests that run here ({len(runs[target.name])}):")
         lines.extend(f"    {nodeid}" for nodeid in runs[target.name])
         if skips[target.name]:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import LockTimeout
+from .errors import FolderError, LockTimeout
 from .waiting import Deadline
 
 #: Where leases live unless the user says otherwise (``--jumpstarter-lock-dir`` / JUMPSTARTER_LOCK_DIR).
@@ -61,7 +61,7 @@ class Holder:
         if now >= self.expires:
             return True
         # On this machine we can tell a dead holder at once instead of waiting for the lease to run out.
-        return self.host == _HOST and _process_start(self.pid) != self.pid_start
+        return self.host == _HOST and process_start(self.pid) != self.pid_start
 
 
 class DeviceLease:
@@ -76,7 +76,13 @@ class DeviceLease:
         self.lease = lease
         self.owner = owner or f"pytest pid {os.getpid()}"
         folder = lock_dir or DEFAULT_LOCK_DIR
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FolderError(
+                f"lock folder {folder} (--jumpstarter-lock-dir / $JUMPSTARTER_LOCK_DIR) cannot hold leases: "
+                f"{'it or a parent is a file' if isinstance(exc, FileExistsError) else exc}; give a folder"
+            ) from exc
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
         self._record = folder / f"{safe}.lease"
         self._mutex = folder / f"{safe}.lock"
@@ -162,7 +168,7 @@ class DeviceLease:
             owner=self.owner,
             host=_HOST,
             pid=os.getpid(),
-            pid_start=_process_start(os.getpid()),
+            pid_start=process_start(os.getpid()),
             acquired=acquired if acquired is not None else now,
             expires=now + self.lease,
         )
@@ -192,7 +198,7 @@ class DeviceLease:
         os.replace(tmp, self._record)
 
 
-def _process_start(pid: int) -> str:
+def process_start(pid: int) -> str:
     """The start time of process ``pid`` (to tell a reused PID from the original), or "" if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -202,12 +208,12 @@ def _process_start(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-_HOST = (
-    socket.gethostname()
-    + ":"
-    + (
-        Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        if Path("/proc/sys/kernel/random/boot_id").exists()
-        else ""
-    )
-)
+def boot_id() -> str:
+    """This boot of this machine (processes of an earlier boot are all gone)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_HOST = socket.gethostname() + ":" + boot_id()

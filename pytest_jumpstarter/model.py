@@ -7,7 +7,7 @@ and the listing.  Nothing here reads files or starts devices.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -102,20 +102,3 @@ class TargetDescription:
 
         visit(name)
         return order
-
-
-@dataclass
-class Redactor:
-    """Replaces every secret value with ``***`` (longest first, so one secret inside another is covered)."""
-
-    def __init__(self, values: Iterable[str] = ()) -> None:
-        self.values = sorted({v for v in values if v}, key=len, reverse=True)
-
-    def __bool__(self) -> bool:
-        return bool(self.values)
-
-    def __call__(self, text: str) -> str:
-        for value in self.values:
-            if value in text:
-                text = text.replace(value, "***")
-        return text

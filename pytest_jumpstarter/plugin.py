@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .cacheopts import add_cache_options, cache_options
+
 if TYPE_CHECKING:
     from .driver import Driver
     from .lifecycle import DeviceManager, Target
@@ -42,7 +44,7 @@ class Run:
     redact: Redactor
     manager: DeviceManager | None = None
     sources: list[str] = field(default_factory=list)
-    previous_sigterm: Any = None
+    previous_handlers: dict[int, Any] = field(default_factory=dict)
 
 
 RUN = pytest.StashKey[Run]()
@@ -101,6 +103,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         INI_TARGETS, "target description files (relative to the ini file)", type="linelist", default=[]
     )
+    add_cache_options(parser, group)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -135,14 +138,19 @@ def pytest_configure(config: pytest.Config) -> None:
     redact = Redactor(v for t in targets for v in t.secret_values)
     run = Run(targets=targets, drivers=drivers, redact=redact, sources=[d for _, d in paths])
     config.stash[RUN] = run
+    if targets:
+        _prepare_folders(config, targets)
     if targets and threading.current_thread() is threading.main_thread():
-        # A CI cancel sends SIGTERM: turn it into the same orderly teardown as Ctrl-C.
-        run.previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        # A CI cancel sends SIGTERM, a closed terminal or dropped ssh session SIGHUP: turn both into
+        # the same orderly teardown as Ctrl-C (work folders and leases go too, not only processes).
+        for signum in TEARDOWN_SIGNALS:
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # under nohup, SIGHUP stays ignored
+                run.previous_handlers[signum] = signal.signal(signum, _signal_to_interrupt)
 
 
 def _load_targets(
     config: pytest.Config, paths: list[tuple[Path, str]], notes: list[str]
-) -> tuple[dict[str, type[Driver[Any]]], list[TargetDescription]]:
+) -> tuple[Mapping[str, type[Driver[Any]]], list[TargetDescription]]:
     from .errors import TargetError
     from .families import CONFTEST_NOTE, collect_drivers, has_unknown_driver, load_target_conftests
     from .target import load_targets
@@ -165,10 +173,43 @@ def _load_targets(
         raise pytest.UsageError(str(exc)) from None
 
 
-def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
-    # Later SIGTERMs are ignored while teardown runs; a CI runner that loses patience sends SIGKILL.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt("SIGTERM")
+def _prepare_folders(config: pytest.Config, targets: list[TargetDescription]) -> None:
+    """Sweep what dead runs left in the temp folders; a log or lock folder we cannot use is a usage error now,
+    not an OSError in the middle of a test."""
+    from .errors import FolderError
+    from .workfiles import check_run_folders, sweep
+
+    sweep()
+    logdir: str | None = config.option.jumpstarter_logdir
+    exclusive = any(spec.exclusive for t in targets for spec in t.devices.values())
+    try:
+        check_run_folders(
+            (config.invocation_params.dir / logdir).resolve() if logdir else None,
+            _lock_dir(config) or _default_lock_dir() if exclusive else None,
+        )
+    except FolderError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _lock_dir(config: pytest.Config) -> Path | None:
+    given = config.option.jumpstarter_lock_dir or os.environ.get("JUMPSTARTER_LOCK_DIR")
+    return Path(given).resolve() if given else None
+
+
+def _default_lock_dir() -> Path:
+    from .locking import DEFAULT_LOCK_DIR
+
+    return DEFAULT_LOCK_DIR
+
+
+TEARDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _signal_to_interrupt(signum: int, frame: FrameType | None) -> None:
+    # Later signals are ignored while teardown runs; a CI runner that loses patience sends SIGKILL.
+    for other in TEARDOWN_SIGNALS:
+        signal.signal(other, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -180,8 +221,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             for exc in run.manager.stop_all():
                 _warn(config, f"stopping a device failed: {run.redact(str(exc))}")
     finally:
-        if run.previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, run.previous_sigterm)
+        for signum, previous in run.previous_handlers.items():
+            if previous is not None:
+                signal.signal(signum, previous)
         del config.stash[RUN]
 
 
@@ -259,7 +301,13 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     run = session.config.stash.get(RUN, None)
     from .listing import render
 
-    text = render(run.targets if run else [], run.sources if run else [], session.items)
+    def more(target: Any, device: Any) -> list[str]:
+        found = session.config.hook.pytest_jumpstarter_list_device(
+            config=session.config, target=target, device=device
+        )
+        return [line for lines in found for line in lines]
+
+    text = render(run.targets if run else [], run.sources if run else [], session.items, more)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     out = run.redact(text) if run else text
     if reporter is not None:
@@ -339,14 +387,13 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             return factory.getbasetemp() / "jumpstarter-logs"
 
         worker = getattr(config, "workerinput", {}).get("workerid")
-        lock_dir = config.option.jumpstarter_lock_dir or os.environ.get("JUMPSTARTER_LOCK_DIR")
         run.manager = DeviceManager(
             run.targets,
             config.hook,
             run.redact,
             make_logdir,
-            extra={"worker": worker} if worker else None,
-            lock_dir=Path(lock_dir).resolve() if lock_dir else None,
+            extra={**({"worker": worker} if worker else {}), **cache_options(config)},
+            lock_dir=_lock_dir(config),
             lock_timeout=config.option.jumpstarter_lock_timeout,
             notify=lambda text: _tell(config, text),
         )

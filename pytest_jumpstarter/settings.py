@@ -59,6 +59,8 @@ class Setting:
     checks them.  ``item_setting`` (``list``/``mapping`` of groups) declares each item.
     ``shorthand`` turns a value that is not a mapping into one, for a group with a short form
     (``network: none``); on a list or mapping of groups it is each item's (``forwards: {ssh: 22}``).
+    ``collection_shorthand`` (a mapping of groups) rewrites a whole value that is not a mapping
+    into one first (``disks: [a.img, b.img]``).
     """
 
     kind: Kind
@@ -72,6 +74,7 @@ class Setting:
     group: type | None = None
     item_setting: Setting | None = None
     shorthand: Callable[[object], object] | None = None
+    collection_shorthand: Callable[[object], object] | None = None
 
     @property
     def required(self) -> bool:
@@ -129,6 +132,7 @@ def setting(
     needs: tuple[type, ...] = (),
     must_exist: bool = False,
     shorthand: Callable[[object], object] | None = None,
+    collection_shorthand: Callable[[object], object] | None = None,
 ) -> Any:
     """A dataclass field that is a driver setting (see the module docstring).  No default: required."""
     meta = {
@@ -139,6 +143,7 @@ def setting(
             "needs": needs,
             "must_exist": must_exist,
             "shorthand": shorthand,
+            "collection_shorthand": collection_shorthand,
         }
     }
     if default is _MISSING:
@@ -302,6 +307,8 @@ def _coerce_group(setting: Setting, value: object, base_dir: Path) -> Any:
 def _coerce_items(setting: Setting, value: object, base_dir: Path) -> Any:
     item = setting.item_setting
     assert item is not None
+    if setting.collection_shorthand is not None and not isinstance(value, Mapping):
+        value = setting.collection_shorthand(value)
     if setting.kind == "list":
         if not isinstance(value, list):
             raise SettingValueError(f"expected a list, found {describe(value)}")

@@ -132,9 +132,11 @@ class Shell:
         try:
             yield start
         except ConsoleTimeout as exc:
-            note = self._resync()
+            # A board whose owner explains the silence (a paused or stopped VM) cannot answer an interrupt.
+            note = "" if exc.diagnosis else self._resync()
+            elapsed = round(time.monotonic() - start, 3)
             raise ConsoleTimeout(
-                console.device, f"{what}{note}", round(time.monotonic() - start, 3), console.tail()
+                console.device, f"{what}{note}", elapsed, console.tail(), exc.diagnosis
             ) from exc
 
     def _resync(self) -> str:

@@ -22,10 +22,10 @@ from .model import (
     SCOPES,
     TOP_KEYS,
     DeviceSpec,
-    Redactor,
     Scope,
     TargetDescription,
 )
+from .redact import Redactor
 from .settings import suggest
 from .sources import Problems, interpolate, parse_ini, parse_yaml
 from .validate import secret_values_in, validate

@@ -69,10 +69,12 @@ class UBootShell(Shell):
                 index = console.expect(
                     [self.autoboot, self.prompt], timeout=deadline.remaining(self.poke_interval)
                 )
-            except ConsoleTimeout:
+            except ConsoleTimeout as exc:
                 if deadline.expired:
                     what = f"U-Boot's prompt ({self.prompt!r})"
-                    raise ConsoleTimeout(console.device, what, timeout, console.tail()) from None
+                    raise ConsoleTimeout(
+                        console.device, what, timeout, console.tail(), exc.diagnosis
+                    ) from None
                 index = 0
             if index == 1:
                 break

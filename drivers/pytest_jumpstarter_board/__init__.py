@@ -6,15 +6,10 @@ cheap; the drivers load with a target.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import pytest
 
 from pytest_jumpstarter import device_fixture
-
-if TYPE_CHECKING:
-    from pytest_jumpstarter.driver import Driver
-
+from pytest_jumpstarter.families import DriverRef
 
 # Not bound to the name ``board``: importing the submodule .board sets that attribute.
 board_fixture = device_fixture(
@@ -23,8 +18,8 @@ board_fixture = device_fixture(
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
-    from .board import Board
-    from .command_power import CommandPower
-
-    return [Board, CommandPower]
+def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
+    return [
+        DriverRef("board", "pytest_jumpstarter_board.board:Board"),
+        DriverRef("command-power", "pytest_jumpstarter_board.command_power:CommandPower"),
+    ]

@@ -230,6 +230,7 @@ class Board(Driver[BoardSettings]):
                 f"the ready pattern {self.ready_pattern!r} {context}",
                 timeout,
                 exc.console_tail,
+                exc.diagnosis,
             ) from exc
         self.ctx.progress(f"{self.device_name}: ready {context}")
 

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_jumpstarter import device_fixture
+from pytest_jumpstarter.families import DriverRef
 
 if TYPE_CHECKING:
-    from pytest_jumpstarter.driver import Driver
-
     from .base import Destination, FlasherDriver
     from .block import BlockFlasher
     from .dfu import DfuFlasher
@@ -46,13 +45,13 @@ flasher = device_fixture("flasher", doc="The flasher device of the current targe
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
-    from .block import BlockFlasher
-    from .dfu import DfuFlasher
-    from .qemu_disk import QemuDiskFlasher
-    from .uboot import UBootTftpFlasher
-
-    return [BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher]
+def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
+    return [
+        DriverRef("block", "pytest_jumpstarter_flashers.block:BlockFlasher"),
+        DriverRef("dfu", "pytest_jumpstarter_flashers.dfu:DfuFlasher"),
+        DriverRef("qemu-disk", "pytest_jumpstarter_flashers.qemu_disk:QemuDiskFlasher"),
+        DriverRef("uboot-tftp", "pytest_jumpstarter_flashers.uboot:UBootTftpFlasher"),
+    ]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_jumpstarter import device_fixture
+from pytest_jumpstarter.families import DriverRef
 
 if TYPE_CHECKING:
-    from pytest_jumpstarter.driver import Driver
-
     from .impairment import Impairment, ImpairmentError
     from .qemu_forward import QemuUserForward
     from .relay import Address, Forward, Relay
@@ -48,11 +47,11 @@ net_tunnel = device_fixture("net_tunnel", doc="The network tunnel device of the 
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
-    from .qemu_forward import QemuUserForward
-    from .tunnel import TcpRelay
-
-    return [QemuUserForward, TcpRelay]
+def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
+    return [
+        DriverRef("qemu-user-forward", "pytest_jumpstarter_network.qemu_forward:QemuUserForward"),
+        DriverRef("tcp-relay", "pytest_jumpstarter_network.tunnel:TcpRelay"),
+    ]
 
 
 def __getattr__(name: str) -> Any:

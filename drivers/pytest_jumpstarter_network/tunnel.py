@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pytest_jumpstarter.capabilities import Addressable
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import TunnelError
 from pytest_jumpstarter.settings import SettingValueError, describe, setting
+from pytest_jumpstarter.workfiles import socket_dir
 
 from .impairment import Impairment
 from .relay import Address, Forward, Relay
@@ -347,7 +347,7 @@ class NetTunnel(Driver[TS]):
         if len(os.fsencode(self.ctx.workdir)) <= 60:
             return self.ctx.workdir
         if self._short_dir is None:
-            self._short_dir = Path(tempfile.mkdtemp(prefix="jsnet-"))
+            self._short_dir = socket_dir("jsnet-")
         return self._short_dir
 
     def _listen_host(self) -> str:

@@ -11,11 +11,13 @@ xdist controller and JUnit XML too); the terminal summary shows one line per boa
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_jumpstarter import device_fixture
+from pytest_jumpstarter.families import DriverRef
 
 if TYPE_CHECKING:
     from pytest_jumpstarter.driver import Driver
@@ -41,20 +43,59 @@ def __getattr__(name: str) -> Any:
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[QemuBoard]]:
-    from .board import QemuBoard
-
-    return [QemuBoard]
+def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
+    return [DriverRef("qemu", "pytest_jumpstarter_qemu.board:QemuBoard")]
 
 
 @pytest.hookimpl
 def pytest_jumpstarter_device_ready(device: Driver[Any], item: pytest.Item | None) -> None:
-    from .board import QemuBoard  # loaded already: a device exists
-
-    if isinstance(device, QemuBoard) and item is not None:
+    board = sys.modules.get(f"{__name__}.board")  # not loaded: this device is no QEMU board
+    if board is not None and isinstance(device, board.QemuBoard) and item is not None:
+        if device.warm.note is not None:  # started from the cache, or why not: once, in this report
+            item.add_report_section("setup", "jumpstarter", device.warm.note)
+            device.warm.note = None
         boards = item.stash.setdefault(_BOARDS, [])
         if device not in boards:
             boards.append(device)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from pytest_jumpstarter.cacheopts import cache_options
+
+    options = cache_options(config)
+    if options["cache_clear"] and not hasattr(config, "workerinput"):  # once, in the xdist controller
+        from .statecache import StateCache, default_dir
+
+        StateCache(options["cache_dir"] or default_dir()).clear()
+
+
+@pytest.hookimpl
+def pytest_jumpstarter_list_device(config: pytest.Config, target: Any, device: Any) -> list[str]:
+    """``cache: hit|miss|off (why)`` for a QEMU board: its key from files and settings only."""
+    board = sys.modules.get(f"{__name__}.board")  # not loaded: the target has no QEMU board
+    if board is None or device.driver is not board.QemuBoard or device.settings is None:
+        return []
+    from pytest_jumpstarter.cacheopts import cache_options
+    from pytest_jumpstarter.errors import JumpstarterError
+
+    from .statecache import make_key
+    from .warm import CacheOptions, key_parts, off_reason
+
+    options = CacheOptions.from_extra(cache_options(config))
+    reset = device.reset if device.scope != "test" else "none"
+    why = off_reason(device.settings, options.mode)
+    if why is None and device.settings.accel == "auto":
+        why = "accel: auto (the key depends on the KVM probe, made at power-on)"
+    if why is not None:
+        return [f"cache: off ({why})"]
+    try:
+        key = make_key(key_parts(device.settings, device.settings.accel, reset == "snapshot"))
+    except (OSError, JumpstarterError) as exc:
+        return [f"cache: miss (cannot make its key: {str(exc).splitlines()[0]})"]
+    entry = options.cache().peek(key)
+    if entry is None:
+        return [f"cache: miss (entry {key} in {options.cache().folder})"]
+    return [f"cache: hit (entry {key}, {entry.size / 2**20:.0f} MiB)"]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,19 +14,17 @@ The board composes its parts, one concern each:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pytest_jumpstarter import stages as _stages
 from pytest_jumpstarter.console import Console
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import DeviceExited, DeviceStateError, DriverError
-from pytest_jumpstarter.settings import Setting
 from pytest_jumpstarter.shell_settings import ShellSettings
 from pytest_jumpstarter.transports import SocketTransport
 from pytest_jumpstarter.uboot import UBootShell
@@ -34,12 +32,15 @@ from pytest_jumpstarter.uboot import UBootShell
 from . import config as _config
 from .accel import ACCEL_CHOICES
 from .cmdline import DiskFile, RunFiles, command_line
-from .config import QemuConfig
+from .config import QemuSettings
+from .diagnosis import diagnose
 from .disks import Disks
 from .network import UserNet
 from .qmp import Events, Qmp
+from .restarts import RestartWatch
 from .snapshot import SNAPSHOT_TAG, Snapshots
 from .supervisor import QemuProcess
+from .warm import WarmStart, receive_state
 
 __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
 
@@ -47,7 +48,7 @@ __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
 LINUX_PROMPT = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"
 
 
-class QemuBoard(Driver[Any]):
+class QemuBoard(Driver[QemuSettings]):
     """A board under ``qemu-system-<arch>``: power, serial console, QMP, disks and user-mode network."""
 
     name = "qemu"
@@ -55,16 +56,14 @@ class QemuBoard(Driver[Any]):
     restore_modes = ("reboot", "snapshot")
     #: Power-ons of this device so far (forwards and console belong to one power-on).
     boots: int
-    settings: ClassVar[Mapping[str, Setting]] = _config.SETTINGS
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    def check(cls, settings: QemuSettings) -> Iterable[tuple[str, str]]:
         return _config.check(settings)
 
-    def __init__(self, ctx: DeviceContext[Any]) -> None:
+    def __init__(self, ctx: DeviceContext[QemuSettings]) -> None:
         super().__init__(ctx)
-        base_dir = Path(ctx.source).parent if ctx.source and not ctx.source.startswith("<") else Path.cwd()
-        self.config = QemuConfig.from_settings(ctx.settings, base_dir)
+        self.config: QemuSettings = ctx.settings
         self.arch = self.config.arch
         self.shell_kind: Literal["linux", "uboot"] = self.config.shell
         self.ready_pattern: str = self.config.ready or (
@@ -74,17 +73,16 @@ class QemuBoard(Driver[Any]):
         )
         #: The boot stage the board is in (``shell`` at power-on; see :meth:`boot_to`).
         self.stage: str = self.shell_kind
-        disks = {name: dataclasses.replace(disk) for name, disk in self.config.disks.items()}
-        self._disks = Disks(self.device_name, disks, ctx.workdir, ctx.source)
-        self._net = UserNet(self.device_name, self.config.network, self.hmp)
+        self._disks = Disks(self.device_name, self.config.disk_list(), ctx.workdir, ctx.source)
+        self._net = UserNet(self.device_name, self.config.user_network, self.hmp)
         self._snapshots = Snapshots(ctx.reset == "snapshot")
+        self.warm = WarmStart(self)
         #: The QEMU of the current (or last) power-on; None before the first.
         self.process: QemuProcess | None = None
         self._console: Console | None = None
         self._tftp_root: Path | None = None
         self.events: Events = Events()
-        self._event_mark = 0  # events before this index were expected (or already diagnosed)
-        self._resets_told = 0  # of the console's text-diagnosed resets, how many a RESET event matched
+        self._restarts = RestartWatch(self.device_name)
         self.boots = 0
         #: The acceleration of the last power-on (``accel: auto`` resolved).
         self.accel: str | None = None
@@ -97,7 +95,7 @@ class QemuBoard(Driver[Any]):
         self.ctx.workdir.mkdir(parents=True, exist_ok=True)
         self._disks.prepare()
         self._snapshots.prepare(self.device_name, self.ctx.workdir)
-        if self.config.network is not None and self.config.network.tftp:
+        if self.config.user_network is not None and self.config.network.tftp:
             self._tftp_root = self.ctx.workdir / "tftp"
             self._tftp_root.mkdir(exist_ok=True)
         self.started = True
@@ -188,11 +186,15 @@ class QemuBoard(Driver[Any]):
         accel: str = self.config.accel
         if accel == "auto":
             accel = ACCEL_CHOICES.choose(self.command_line("kvm"), self._boots_with_kvm)
-        self._launch(accel)
+        restored = self.warm.restore(accel)  # the booted state from the cache: no boot to wait for
+        if not restored:
+            self._launch(accel)
         try:
-            start = time.monotonic()
-            self._wait_ready("while booting")
-            self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
+            if not restored:
+                start = time.monotonic()
+                self._wait_ready("while booting")
+                self.timings["ready"] = self.timings.get("launch", 0.0) + time.monotonic() - start
+                self.warm.save(accel)
             if self._snapshots.wanted:
                 self._snapshots.save(self, self.config.console_timeout, self.config.boot_timeout)
         except BaseException:
@@ -210,7 +212,7 @@ class QemuBoard(Driver[Any]):
                 self._console = None
 
     def cycle(self) -> None:
-        """Power off, then on (a fresh QEMU process: a real cold boot)."""
+        """Power off, then on (a fresh QEMU process: booted, or started from the cached booted state)."""
         self.off()
         self.on()
 
@@ -244,33 +246,19 @@ class QemuBoard(Driver[Any]):
 
     def _expected_restart(self) -> None:
         """We restarted the board ourselves: old text and events are history, the first stage is back."""
-        self._event_mark = len(self.events)
         if self._console is not None:
             self._console.fatal.skip_seen()
-            self._resets_told = self._console.fatal.resets
             self._console.shell = _stages.make_shell(self, self.shell_kind)
         self.stage = self.shell_kind
+        self._restarts.expected(self.events, self._console)
 
     def _watch_events(self) -> BaseException | None:
         """Console watch: a RESET or SHUTDOWN the board did not ask for ends a shell command at once."""
-        console = self._console
-        for index, event in enumerate(list(self.events)[self._event_mark :], self._event_mark):
-            if event.get("event") not in ("RESET", "SHUTDOWN"):
-                continue
-            self._event_mark = index + 1
-            if event["event"] == "RESET" and console is not None and console.fatal.resets > self._resets_told:
-                self._resets_told += 1  # the console text ("resetting ...") already reported this reset
-                continue
-            if event["event"] == "SHUTDOWN" and self.process is not None and self.process.wait_exit(2.0):
-                return self._exited("while the console was in use")  # it is gone, not restarting
-            reason = event.get("data", {}).get("reason", "")
-            shown = f"QMP event {event['event']}" + (f" ({reason})" if reason else "")
-            if console is not None:
-                # Its last words (printed before the reset) are readable now: this same reset, not news.
-                with console.fatal_paused():
-                    console.drain(quiet=0.0, limit=0.5)
-                self._resets_told = console.fatal.resets
-            return _stages.unexpected_restart(self.device_name, shown, console)
+        return self._restarts.news(self.events, self._console, self._gone_after_shutdown)
+
+    def _gone_after_shutdown(self) -> BaseException | None:
+        if self.process is not None and self.process.wait_exit(2.0):
+            return self._exited("while the console was in use")
         return None
 
     def sync_console(self, timeout: float, command: str = "true") -> None:
@@ -293,9 +281,7 @@ class QemuBoard(Driver[Any]):
             console.expect(self.ready_pattern, timeout=timeout)
             if self.config.shell_settings.login is not None and self.shell_kind == "linux":
                 console.shell.login()
-        # RESET events on the way here belong to this boot (SeaBIOS resets the board again after a
-        # system_reset): only later ones are the board restarting under a command.
-        self._event_mark = len(self.events)
+        self._restarts.expected(self.events, self._console)  # a boot's RESETs (SeaBIOS's) are its own
         self.ctx.progress(f"{self.device_name}: ready {context}")
 
     def _drain_console(self) -> None:
@@ -311,6 +297,11 @@ class QemuBoard(Driver[Any]):
             return None
         self.process.wait_exit(2.0)
         return self._exited("while the console was in use")
+
+    def _on_console_timeout(self) -> str | None:
+        """A console wait timed out: is the guest running at all (paused on a full disk, stopped)?"""
+        process = self.process
+        return diagnose(process.pid, process.qmp, self.events) if process is not None else None
 
     def _exited(self, context: str) -> DeviceExited:
         assert self.process is not None
@@ -409,7 +400,8 @@ class QemuBoard(Driver[Any]):
     @property
     def guest_address(self) -> str | None:
         """An address the host can reach the guest at; None with user-mode networking (use forwards)."""
-        return self.config.network.address if self.config.network is not None else None
+        network = self.config.user_network
+        return network.address if network is not None else None
 
     @property
     def forwards(self) -> dict[str, int]:
@@ -455,17 +447,20 @@ class QemuBoard(Driver[Any]):
                     f"{key} file {path} does not exist (setting {key} in {self.ctx.source}){hint}",
                 )
 
-    def _launch(self, accel: str) -> None:
-        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left."""
+    def _launch(self, accel: str, incoming: Path | None = None) -> None:
+        """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left.
+
+        ``incoming``: a booted state (:mod:`.warm`) to load before it runs."""
         try:
             self._check_files()
             self.events = Events()
+            command = self.command_line(accel) + (["-incoming", "defer"] if incoming else [])
             self.process = process = QemuProcess.launch(
-                self.device_name, self.command_line(accel), self.ctx.workdir, self.ctx.progress
+                self.device_name, command, self.ctx.workdir, self.ctx.progress
             )
             assert process.qmp is not None and process.console_sock is not None
             self.events = process.qmp.events
-            self._event_mark = self._resets_told = 0
+            self._restarts = RestartWatch(self.device_name)
             self._console = Console(
                 SocketTransport(process.console_sock),
                 device=self.device_name,
@@ -474,9 +469,12 @@ class QemuBoard(Driver[Any]):
                 fatal_patterns=_stages.fatal_patterns(self.shell_kind, self.config.shell_settings),
                 on_eof=self._on_console_eof,
                 watch=self._watch_events,
+                on_timeout=self._on_console_timeout,
             )
             self._console.shell = _stages.make_shell(self, self.shell_kind)
             self.stage = self.shell_kind
+            if incoming is not None:
+                receive_state(process.qmp, incoming, self.config.boot_timeout, self.device_name)
             self._net.read_forwards()
             process.qmp.execute("cont", timeout=5.0)
             self.accel = accel

@@ -39,9 +39,9 @@ def command_line(config: QemuConfig, run: RunFiles, accel: str = "tcg") -> list[
     defaults = config.defaults
     cpu = config.cpu or ("host" if accel == "kvm" else defaults.cpu)
     memory_mib = max(1, config.memory // (1024 * 1024))
-    cmd = [config.binary, "-nodefaults", "-display", "none", "-monitor", "none", "-S", "-name", run.name]
-    if config.machine:
-        cmd += ["-machine", config.machine]
+    cmd = [config.executable, "-nodefaults", "-display", "none", "-monitor", "none", "-S", "-name", run.name]
+    if config.machine_type:
+        cmd += ["-machine", config.machine_type]
     tb_size = config.tb_size // (1024 * 1024)
     # TCG's translation cache defaults to 1 GiB and, unflushed, grows with every reboot.
     cmd += ["-accel", f"tcg,tb-size={tb_size}" if accel == "tcg" and tb_size else accel]
@@ -59,7 +59,7 @@ def command_line(config: QemuConfig, run: RunFiles, accel: str = "tcg") -> list[
         cmd += ["-dtb", str(config.dtb)]
     if config.bios:
         cmd += ["-bios", str(config.bios)]
-    network = config.network
+    network = config.user_network
     if network is not None:
         netdev = "user,id=net0"
         if run.tftp_root is not None:

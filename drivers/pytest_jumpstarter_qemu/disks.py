@@ -8,17 +8,54 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pytest_jumpstarter.errors import DeviceStateError, DriverError
-from pytest_jumpstarter.settings import SettingValueError, _coerce_kind
+from pytest_jumpstarter.settings import SettingValueError, setting
 
 from .qemu_img import create_qcow2
 
 DISK_FORMATS = ("raw", "qcow2")
+#: A disk name (it becomes part of QEMU drive ids and file names).
+DISK_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiskSettings:
+    """One entry of ``disks:``: a base image (never written) or the size of a blank raw disk."""
+
+    file: Path | None = setting(None, doc="the base image (the VM runs on a per-run overlay)")
+    format: str | None = setting(None, choices=DISK_FORMATS, doc="raw or qcow2 (default: from the suffix)")
+    size: int | None = setting(None, kind="size", doc="a blank raw disk of this size")
+
+    def __post_init__(self) -> None:
+        if self.file is None and self.size is None:
+            raise SettingValueError("give a file or a size")
+
+    def disk(self, name: str) -> Disk:
+        """The per-run disk this entry describes (its file not made yet)."""
+        if self.file is not None:
+            fmt = self.format or ("qcow2" if self.file.suffix == ".qcow2" else "raw")
+            return Disk(name, self.file, fmt, None)
+        return Disk(name, None, "raw", self.size)
+
+
+def disks_shorthand(value: object) -> object:
+    """``disks: [a.img, b.qcow2]`` (ini: ``a.img, b.qcow2``) names them disk0, disk1...
+    (ini ``root=r.img, scratch=4M`` is read as named disks)."""
+    if isinstance(value, str) and "=" not in value:
+        value = [p.strip() for p in re.split(r"[\n,]", value) if p.strip()]
+    if isinstance(value, list):
+        return {f"disk{i}": v for i, v in enumerate(value)}
+    return value
+
+
+def disk_shorthand(value: object) -> object:
+    """``name: 4M`` is a blank disk of that size, ``name: FILE`` a base image."""
+    return {"size": value} if _is_size(value) else {"file": value}
 
 
 @dataclass
@@ -39,48 +76,6 @@ def _is_size(value: Any) -> bool:
     return (
         isinstance(value, str) and re.fullmatch(r"\s*\d+\s*[KMGT]i?B?\s*", value, re.IGNORECASE) is not None
     )
-
-
-def parse_disks(value: Any, base_dir: Path) -> dict[str, Disk]:
-    """``disks`` as a list of files, or a mapping name -> file | size | {file, format, size}."""
-    if isinstance(value, str):
-        value = [p.strip() for p in re.split(r"[\n,]", value) if p.strip()]
-    if isinstance(value, list):
-        value = {f"disk{i}": v for i, v in enumerate(value)}
-    if not isinstance(value, Mapping):
-        raise SettingValueError(
-            f"expected a list of files or a mapping name: file, found {type(value).__name__}"
-        )
-    disks = {}
-    for name, spec in value.items():
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
-            raise SettingValueError(f"disk name {name!r}: use letters, digits, - and _")
-        if not isinstance(spec, Mapping):
-            spec = {"size": spec} if _is_size(spec) else {"file": spec}
-        unknown = set(spec) - {"file", "format", "size"}
-        if unknown:
-            raise SettingValueError(
-                f"disk {name!r}: unknown keys {sorted(unknown)} (known: file, format, size)"
-            )
-        fmt = spec.get("format")
-        if fmt is not None and fmt not in DISK_FORMATS:
-            raise SettingValueError(f"disk {name!r}: format must be raw or qcow2, found {fmt!r}")
-        if spec.get("file") is not None:
-            try:
-                path = _coerce_kind("path", spec["file"], base_dir)
-            except SettingValueError as exc:
-                raise SettingValueError(f"disk {name!r}: {exc}") from None
-            fmt = fmt or ("qcow2" if path.suffix == ".qcow2" else "raw")
-            disks[str(name)] = Disk(str(name), path, fmt, None)
-        elif spec.get("size") is not None:
-            try:
-                size = _coerce_kind("size", spec["size"], base_dir)
-            except SettingValueError as exc:
-                raise SettingValueError(f"disk {name!r}: {exc}") from None
-            disks[str(name)] = Disk(str(name), None, "raw", size)
-        else:
-            raise SettingValueError(f"disk {name!r}: give a file or a size")
-    return disks
 
 
 class Disks:

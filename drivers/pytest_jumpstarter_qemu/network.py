@@ -8,29 +8,41 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 from pytest_jumpstarter.errors import TunnelError
-from pytest_jumpstarter.settings import SettingValueError, _coerce_kind
+from pytest_jumpstarter.settings import SettingValueError, setting
 
-_NETWORK_KEYS = ("mode", "forwards", "tftp", "model", "address")
 _HOSTFWD = re.compile(r"\s*(TCP|UDP)\[HOST_FORWARD\]\s+\d+\s+(\S+)\s+(\d+)\s+\S+\s+(\d+)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class UserNetwork:
-    """``network:`` of a QEMU board with user-mode networking (``network: none`` is no object at all)."""
+    """``network:`` of a QEMU board: user-mode (slirp) networking, or none (``network: none``)."""
 
-    #: name -> guest TCP port; each gets a free host port on 127.0.0.1 at every launch.
-    forwards: Mapping[str, int] = field(default_factory=dict)
-    #: Serve a per-run folder with slirp's TFTP server (``tftp_root``).
-    tftp: bool = False
-    #: The NIC model (default: virtio-net on the architecture's bus).
-    model: str | None = None
-    #: An address the host can reach the guest at, for boards that have one (not slirp's).
-    address: str | None = None
+    mode: str = setting("user", choices=("user", "none"), doc="user (slirp) or none (no NIC)")
+    forwards: Mapping[str, int] = setting(
+        {}, doc="name -> guest TCP port; each gets a free host port on 127.0.0.1 at every launch"
+    )
+    tftp: bool = setting(False, doc="serve a per-run folder with slirp's TFTP server (tftp_root)")
+    model: str | None = setting(None, doc="the NIC model (default: virtio-net on the architecture's bus)")
+    address: str | None = setting(
+        None, doc="an address the host can reach the guest at, for boards that have one (not slirp's)"
+    )
+
+    def __post_init__(self) -> None:
+        for name, port in self.forwards.items():
+            if not 0 < port < 65536:
+                raise SettingValueError(f"expected a port 1-65535, found {port}", ("forwards", name))
+
+
+def network_shorthand(value: object) -> object:
+    """``network: none`` / ``user`` / nothing (user-mode networking with no options)."""
+    if value in (None, "", "user"):
+        return {}
+    if value in ("none", False):
+        return {"mode": "none"}
+    return value
 
 
 @dataclass(frozen=True)
@@ -41,45 +53,6 @@ class HostForward:
     host: str
     host_port: int
     guest_port: int
-
-
-def parse_network(value: Any) -> UserNetwork | None:
-    """``network``: ``none``, ``user``, or user-mode options {forwards: {name: port}, tftp, model...}."""
-    if value in (None, "", "user"):
-        return UserNetwork()
-    if value in ("none", False):
-        return None
-    if not isinstance(value, Mapping):
-        raise SettingValueError(f"expected 'none', 'user' or a mapping of options, found {value!r}")
-    unknown = set(value) - set(_NETWORK_KEYS)
-    if unknown:
-        raise SettingValueError(f"unknown keys {sorted(unknown)} (known: {', '.join(_NETWORK_KEYS)})")
-    if value.get("mode", "user") == "none":
-        return None
-    if value.get("mode", "user") != "user":
-        raise SettingValueError(f"mode: expected user or none, found {value.get('mode')!r}")
-    forwards = value.get("forwards") or {}
-    if not isinstance(forwards, Mapping):
-        raise SettingValueError(f"forwards: expected name: guest_port pairs, found {forwards!r}")
-    parsed = {}
-    for name, port in forwards.items():
-        try:
-            number = _coerce_kind("int", port, Path("."))
-        except SettingValueError as exc:
-            raise SettingValueError(f"forwards: {name}: {exc}") from None
-        if not 0 < number < 65536:
-            raise SettingValueError(f"forwards: {name}: expected a port 1-65535, found {number}")
-        parsed[str(name)] = number
-    tftp = value.get("tftp", False)
-    if isinstance(tftp, str):
-        tftp = tftp.lower() in ("true", "yes", "on", "1")
-    model, address = value.get("model"), value.get("address")
-    return UserNetwork(
-        forwards=parsed,
-        tftp=bool(tftp),
-        model=str(model) if model else None,
-        address=str(address) if address else None,
-    )
 
 
 def parse_usernet(text: str) -> list[HostForward]:

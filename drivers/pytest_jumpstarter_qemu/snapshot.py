@@ -88,10 +88,7 @@ class Snapshots:
         started = time.monotonic()
         out = board.hmp(f"savevm {SNAPSHOT_TAG}", timeout=boot_timeout).strip()
         if out:
-            self.error = (
-                f"savevm failed: {_hmp_error(out)} (every writable disk must be qcow2 for snapshots;"
-                " give raw disks as qcow2, or use reset: reboot)"
-            )
+            self.error = f"savevm failed: {_hmp_error(out)} ({savevm_hint(out, self.state_drive)})"
             board.ctx.progress(f"{board.device_name}: {self.error}")
             return
         self.saved, self.error = SNAPSHOT_TAG, None
@@ -119,3 +116,15 @@ class Snapshots:
             return f"the console did not answer after loadvm: {str(exc).splitlines()[0]}"
         board.timings["restore"] = time.monotonic() - started
         return None
+
+
+def savevm_hint(out: str, state_drive: Path) -> str:
+    """What to do about a failed savevm, from what QEMU said: the hint must fit the cause."""
+    text = out.lower()
+    if "no space left" in text or "enospc" in text or "(-28)" in text:
+        return f"the file system holding {state_drive.parent} is full: free space there, or use reset: reboot"
+    if "does not support" in text and "snapshot" in text:
+        return (
+            "every writable disk must be qcow2 for snapshots; give raw disks as qcow2, or use reset: reboot"
+        )
+    return "use reset: reboot if this persists"

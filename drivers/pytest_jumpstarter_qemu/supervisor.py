@@ -15,7 +15,6 @@ import selectors
 import shlex
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from pytest_jumpstarter.errors import CommandNotFound, DeviceExited, DriverError
 from pytest_jumpstarter.process import Child
 from pytest_jumpstarter.waiting import Deadline
+from pytest_jumpstarter.workfiles import socket_dir
 
 from .cmdline import socket_args
 from .qmp import Qmp
@@ -63,8 +63,9 @@ class QemuProcess:
         return qemu
 
     def _start(self, progress: Callable[[str], None]) -> None:
-        # unix socket paths are limited to 107 bytes; a pytest tmp path can be longer.
-        self.sockdir = Path(tempfile.mkdtemp(prefix="jsq-"))
+        # Unix socket paths are limited to 107 bytes; a pytest tmp path, or $TMPDIR itself, can be longer.
+        # The folder has an owner record, so a run killed before QEMU connects leaves nothing for long.
+        self.sockdir = socket_dir("jsq-", longest_name=len("console.sock"))
         paths = (self.sockdir / "console.sock", self.sockdir / "qmp.sock")
         with contextlib.ExitStack() as stack:
             listeners = []

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from pytest_jumpstarter.driver import Driver
+from pytest_jumpstarter.families import DriverRef
 
+if TYPE_CHECKING:
     from .driver import JumpstarterBoard
     from .tunnel import JumpstarterNetwork
 
@@ -23,11 +23,11 @@ __all__ = ["JumpstarterBoard", "JumpstarterNetwork"]
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
-    from .driver import JumpstarterBoard
-    from .tunnel import JumpstarterNetwork
-
-    return [JumpstarterBoard, JumpstarterNetwork]
+def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
+    return [
+        DriverRef("jumpstarter", "pytest_jumpstarter_remote.driver:JumpstarterBoard"),
+        DriverRef("jumpstarter-network", "pytest_jumpstarter_remote.tunnel:JumpstarterNetwork"),
+    ]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,15 +22,23 @@ import contextlib
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pytest_jumpstarter.capabilities import FlashResult
+from pytest_jumpstarter.capabilities import (
+    Flash,
+    FlashResult,
+    HasConsole,
+    Network,
+    Power,
+    PowerState,
+    Reset,
+)
 from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import ConsoleClosed, DeviceStateError, DriverError
-from pytest_jumpstarter.settings import Setting
+from pytest_jumpstarter.settings import setting
 
 from .network import Forwards
 
@@ -38,112 +46,64 @@ SOURCES = ("exporter", "client", "exporter_config")
 
 
 @dataclass(frozen=True, kw_only=True)
-class Config:
-    """The device's settings, read in one place."""
+class JumpstarterSettings:
+    """Where the exporter comes from (exactly one source), and which of its drivers make the board."""
 
-    exporter: str | None
-    insecure: bool
-    tls_ca: Path | None
-    passphrase: str | None
-    client: Path | None
-    selector: dict[str, str]
-    duration: float
-    acquisition_timeout: float
-    exporter_config: Path | None
-    power: str | None
-    console: str | None
-    flasher: str | None
-    flash_target: str | None
-    network: dict[str, str] = field(default_factory=dict)
-    ready: str | None = None
-    boot_timeout: float = 120.0
-    connect_timeout: float = 30.0
-    autostart: bool = True
-
-    @classmethod
-    def read(cls, settings: Mapping[str, Any]) -> Config:
-        return cls(**{key: settings.get(key, JumpstarterBoard.settings[key].default) for key in _FIELDS})
+    # -- a standalone exporter ...
+    exporter: str | None = setting(
+        None, doc="HOST:PORT of a standalone exporter (jmp run --tls-grpc-listener)"
+    )
+    insecure: bool = setting(False, doc="the exporter listens without TLS (jmp run --tls-grpc-insecure)")
+    tls_ca: Path | None = setting(None, doc="a CA (PEM) to verify the exporter's TLS certificate")
+    passphrase: str | None = setting(None, doc="the exporter's passphrase (list its variable in secrets:)")
+    # -- ... or a lease from a controller ...
+    client: Path | None = setting(None, doc="a Jumpstarter client config (ClientConfig YAML) to lease with")
+    selector: dict[str, str] = setting({}, doc="labels the leased exporter must have, e.g. {board: rpi4}")
+    duration: float = setting(1800.0, kind="duration", doc="lease duration; renewed before it ends")
+    acquisition_timeout: float = setting(600.0, kind="duration", doc="how long to wait for a busy board")
+    # -- ... or an exporter run for the session
+    exporter_config: Path | None = setting(None, doc="an ExporterConfig YAML to run for the session")
+    # -- paths in the exporter's driver tree
+    power: str | None = setting(None, doc="path of the power driver in the exporter's tree (qemu.power)")
+    console: str | None = setting(None, doc="path of the console driver (qemu.console)")
+    flasher: str | None = setting(None, doc="path of the flasher driver (qemu.flasher)")
+    flash_target: str | None = setting(None, doc="the flasher's target (partition) when a test names none")
+    network: dict[str, str] = setting({}, doc="names for network drivers, e.g. {http: qemu.http}")
+    ready: str | None = setting(r"[#$] ", doc="console pattern that means the board is up after power-on")
+    boot_timeout: float = setting(120.0, kind="duration", doc="how long power-on may take to show ready")
+    connect_timeout: float = setting(30.0, kind="duration", doc="how long to wait for the exporter to answer")
+    autostart: bool = setting(True, doc="power the board on at start (false: a test flashes first)")
 
     def source(self) -> str:
+        """Where the exporter comes from, as a listing or a message says it."""
         if self.exporter:
             return f"exporter {self.exporter}"
         if self.client:
-            return f"a lease from {self.client}"
-        return f"exporter config {self.exporter_config}"
+            selector = ",".join(f"{k}={v}" for k, v in sorted(self.selector.items()))
+            return f"a lease from {self.client} (selector {selector})"
+        return f"exporter config {self.exporter_config} (run for the session)"
 
 
-_FIELDS = [
-    "exporter",
-    "insecure",
-    "tls_ca",
-    "passphrase",
-    "client",
-    "selector",
-    "duration",
-    "acquisition_timeout",
-    "exporter_config",
-    "power",
-    "console",
-    "flasher",
-    "flash_target",
-    "network",
-    "ready",
-    "boot_timeout",
-    "connect_timeout",
-    "autostart",
-]
+@runtime_checkable
+class PortForwards(Protocol):
+    """A board whose named networks are reached through port-forwards (what ``jumpstarter-network`` uses)."""
+
+    @property
+    def networks(self) -> Mapping[str, str]: ...
+
+    def tcp(self, port: int | str) -> tuple[str, int]: ...
 
 
-class JumpstarterBoard(Driver[Any]):
+class JumpstarterBoard(Driver[JumpstarterSettings]):
     """A board of a Jumpstarter lab: power, console, flash and network over gRPC."""
 
     name: ClassVar[str] = "jumpstarter"
     role: ClassVar[str | None] = "board"
-    reset_modes: ClassVar[tuple[str, ...]] = ("reboot",)
-    settings: ClassVar[Mapping[str, Setting]] = {
-        "exporter": Setting(
-            "str", default=None, doc="HOST:PORT of a standalone exporter (jmp run --tls-grpc-listener)"
-        ),
-        "insecure": Setting(
-            "bool", default=False, doc="the exporter listens without TLS (jmp run --tls-grpc-insecure)"
-        ),
-        "tls_ca": Setting("path", default=None, doc="a CA (PEM) to verify the exporter's TLS certificate"),
-        "passphrase": Setting(
-            "str", default=None, doc="the exporter's passphrase (list its variable in secrets:)"
-        ),
-        "client": Setting(
-            "path", default=None, doc="a Jumpstarter client config (ClientConfig YAML) to lease with"
-        ),
-        "selector": Setting(
-            "mapping", default={}, doc="labels the leased exporter must have, e.g. {board: rpi4}"
-        ),
-        "duration": Setting("duration", default=1800.0, doc="lease duration; renewed before it ends"),
-        "acquisition_timeout": Setting("duration", default=600.0, doc="how long to wait for a busy board"),
-        "exporter_config": Setting("path", default=None, doc="an ExporterConfig YAML to run for the session"),
-        "power": Setting(
-            "str", default=None, doc="path of the power driver in the exporter's tree (qemu.power)"
-        ),
-        "console": Setting("str", default=None, doc="path of the console driver (qemu.console)"),
-        "flasher": Setting("str", default=None, doc="path of the flasher driver (qemu.flasher)"),
-        "flash_target": Setting(
-            "str", default=None, doc="the flasher's target (partition) when a test names none"
-        ),
-        "network": Setting("mapping", default={}, doc="names for network drivers, e.g. {http: qemu.http}"),
-        "ready": Setting(
-            "str", default=r"[#$] ", doc="console pattern that means the board is up after power-on"
-        ),
-        "boot_timeout": Setting("duration", default=120.0, doc="how long power-on may take to show ready"),
-        "connect_timeout": Setting(
-            "duration", default=30.0, doc="how long to wait for the exporter to answer"
-        ),
-        "autostart": Setting(
-            "bool", default=True, doc="power the board on at start (false: a test flashes first)"
-        ),
-    }
+    restore_modes: ClassVar[tuple[str, ...]] = ("reboot",)
 
     @classmethod
-    def check(cls, settings: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
-        given = [key for key in SOURCES if settings.get(key)]
+    def check(cls, settings: JumpstarterSettings) -> Iterable[tuple[str, str]]:
+        given = [key for key in SOURCES if getattr(settings, key)]
         if len(given) != 1:
             found = ", ".join(given) if given else "none of them"
             yield (
@@ -151,27 +111,42 @@ class JumpstarterBoard(Driver[Any]):
                 "expected exactly one of exporter: (a standalone exporter), client: with selector: (a lease "
                 f"from a controller) or exporter_config: (an exporter run for the session), found {found}",
             )
-        if settings.get("client") and not settings.get("selector"):
+        if settings.client and not settings.selector:
             yield "selector", "client: needs a selector: (labels of the exporter to lease), found none"
-        if settings.get("selector") and not settings.get("client"):
+        if settings.selector and not settings.client:
             yield "selector", "selector: needs client: (the client config that leases from a controller)"
-        for key in ("insecure", "tls_ca", "passphrase"):
-            if settings.get(key) and not settings.get("exporter"):
+        for key, value in (
+            ("insecure", settings.insecure),
+            ("tls_ca", settings.tls_ca),
+            ("passphrase", settings.passphrase),
+        ):
+            if value and not settings.exporter:
                 yield key, f"{key}: applies to exporter: (a standalone exporter) only"
-        if settings.get("insecure") and settings.get("tls_ca"):
+        if settings.insecure and settings.tls_ca:
             yield "tls_ca", "insecure: true (no TLS) and tls_ca: (verified TLS) contradict each other"
-        ready = settings.get("ready")
-        if ready:
+        if settings.ready:
             try:
-                re.compile(ready)
+                re.compile(settings.ready)
             except re.error as exc:
-                yield "ready", f"expected a regular expression, found {ready!r} ({exc})"
-        if not any(settings.get(k) for k in ("power", "console", "flasher", "network")):
+                yield "ready", f"expected a regular expression, found {settings.ready!r} ({exc})"
+        if not (settings.power or settings.console or settings.flasher or settings.network):
             yield "power", "a jumpstarter device needs at least one of power:, console:, flasher:, network:"
 
-    def __init__(self, ctx: DeviceContext[Any]) -> None:
+    @classmethod
+    def provides(cls, settings: JumpstarterSettings) -> tuple[type, ...]:
+        has: dict[type, bool] = {
+            Power: settings.power is not None,
+            PowerState: settings.power is not None,
+            Reset: settings.power is not None,
+            HasConsole: settings.console is not None,
+            Flash: settings.flasher is not None,
+            Network: bool(settings.network),
+        }
+        mine = tuple(c for c in super().provides(settings) if has.get(c, True))
+        return (*mine, PortForwards) if settings.network else mine
+
+    def __init__(self, ctx: DeviceContext[JumpstarterSettings]) -> None:
         super().__init__(ctx)
-        self.config = Config.read(ctx.settings)
         self._session: Any = None
         self._source: Any = None  # what provides the exporter: a lease, a local exporter, or nothing
         self._console: Console | None = None
@@ -180,6 +155,15 @@ class JumpstarterBoard(Driver[Any]):
         self._powered = False
         self.lost: DriverError | None = None
         self.timings: dict[str, float] = {}
+
+    @property
+    def config(self) -> JumpstarterSettings:
+        return self.ctx.settings
+
+    @property
+    def networks(self) -> Mapping[str, str]:
+        """The board's named networks: ``{name: path in the exporter's tree}``."""
+        return self.ctx.settings.network
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -202,7 +186,6 @@ class JumpstarterBoard(Driver[Any]):
             elif cfg.client:
                 from .lease import ControllerLease
 
-                assert cfg.client is not None
                 self._source = ControllerLease(
                     self, cfg.client, cfg.selector, cfg.duration, cfg.acquisition_timeout
                 )
@@ -314,19 +297,18 @@ class JumpstarterBoard(Driver[Any]):
         self.off()
         self.on()
 
-    @overload
-    def reset(self) -> None: ...
-    @overload
-    def reset(self, mode: str) -> str | None: ...
-    def reset(self, mode: str | None = None) -> str | None:
-        """Power: a reset is a power cycle.  Also the plugin's between-tests ``reset: reboot``."""
-        if mode not in (None, "reboot"):
-            return f"driver {self.name!r} cannot reset with {mode!r}"
+    def reset(self) -> None:
+        """A board reset: the exporter's power driver has no reset line, so a power cycle."""
         self.cycle()
-        return None
 
     def restore(self, mode: str) -> str | None:
-        return self.reset(mode)
+        """Between tests, ``reset: reboot`` power-cycles the board (and waits for ready)."""
+        if mode != "reboot":
+            return f"driver {self.name!r} cannot restore with reset: {mode} (it can: reboot)"
+        if not self.config.power:
+            return f"driver {self.name!r} cannot reboot a board without power: (no power driver named)"
+        self.cycle()
+        return None
 
     @property
     def is_running(self) -> bool:
@@ -367,8 +349,11 @@ class JumpstarterBoard(Driver[Any]):
         )
 
     def _console_gone(self, transport: Any) -> BaseException:
-        if transport.failure is None and self._source is not None and self.lost is None:
-            self._source.check_now()
+        if transport.failure is None and self.lost is None:
+            if self._source is not None:
+                self._source.check_now()
+            elif self.config.exporter:
+                self._check_exporter(self.config.exporter, str(transport.ended))
         if transport.failure is not None:
             failure: BaseException = transport.failure
             return failure
@@ -379,6 +364,22 @@ class JumpstarterBoard(Driver[Any]):
             self.device_name,
             f"console {self.config.console!r}: {transport.ended}\nlast console lines:\n{tail}",
         )
+
+    def _check_exporter(self, address: str, ended: str) -> None:
+        """A standalone exporter's stream ended: if the exporter no longer answers, that is the news."""
+        from .session import ExporterUnreachable, probe_tcp
+
+        try:
+            probe_tcp(self.device_name, address, 2.0)
+        except ExporterUnreachable as exc:
+            self.end(
+                ExporterUnreachable(
+                    self.device_name,
+                    f"the exporter at {address} went away during the test "
+                    f"({str(exc).removeprefix(f'device {self.device_name!r}: ')}); "
+                    f"the console stream: {ended}",
+                )
+            )
 
     def _close_console(self) -> None:
         console, self._console = self._console, None

@@ -33,10 +33,16 @@ if TYPE_CHECKING:
 
 #: How often the lease is checked while waiting for it and while it is held.
 POLL = 0.5
+#: How long a controller that accepts connections may leave GetLease unanswered before it counts as gone.
+SILENCE = 10.0
 
 
 class LeaseLost(DriverError):
     """The controller ended our lease (expired, revoked, released by someone else)."""
+
+
+class ControllerLost(DriverError):
+    """The controller (and its router, which carries every stream) stopped answering."""
 
 
 class LeaseUnavailable(DriverError):
@@ -58,6 +64,7 @@ class ControllerLease:
         self.timeout = timeout
         self.name: str | None = None
         self.exporter: str | None = None
+        self.endpoint: str | None = None
         self._svc: Any = None
         self._session: Session | None = None
         self._stop = threading.Event()
@@ -99,6 +106,7 @@ class ControllerLease:
         if not config.endpoint:
             raise DriverError(self.device, f"client: {self.client_path} has no endpoint")
         probe_tcp(self.device, config.endpoint, 5.0, what="controller")
+        self.endpoint = config.endpoint
         channel = session.call(
             config.channel, timeout=10.0, what=f"connecting to the controller {config.endpoint}"
         )
@@ -188,13 +196,22 @@ class ControllerLease:
         """Renew before the end, and tell the board at once when the controller ends the lease."""
         renew_every = max(1.0, min(self.duration / 3, 60.0))
         next_renewal = time.monotonic() + renew_every
+        silent_since: float | None = None
         while not self._stop.wait(POLL):
             try:
                 lease = self._call("GetLease", timeout=10.0, name=self.name)
-            except DriverError:
+            except DriverError as exc:
                 if self._stop.is_set():
                     return
+                # The router that carries our streams is the controller's: when nothing listens at
+                # its address any more, or it stays silent, every stream is dead though none ends.
+                silent_since = silent_since or time.monotonic()
+                gone = self._controller_gone(exc, time.monotonic() - silent_since)
+                if gone is not None:
+                    self.board.end(gone)
+                    return
                 continue  # a blip at the controller; the lease's own end time still bounds us
+            silent_since = None
             lost = self._lost(lease)
             if lost is not None:
                 self.board.end(lost)
@@ -218,14 +235,37 @@ class ControllerLease:
             self.device, f"lease {self.name} on exporter {self.exporter} ended at {when:%H:%M:%S}{why}"
         )
 
+    def _controller_gone(self, exc: DriverError, silent: float) -> ControllerLost | None:
+        try:
+            assert self.endpoint is not None
+            probe_tcp(self.device, self.endpoint, 2.0, what="controller")
+        except ExporterUnreachable as refused:
+            exc = refused
+        else:
+            if silent < SILENCE:
+                return None
+        return ControllerLost(
+            self.device,
+            f"the controller at {self.endpoint} went away during lease {self.name} on exporter "
+            f"{self.exporter}: {exc}",
+        )
+
     def check_now(self) -> DriverError | None:
         """Whether the lease has ended (asked when a stream ends: the router may cut it first)."""
         deadline = time.monotonic() + 3 * POLL
         while time.monotonic() < deadline:
             try:
                 lost = self._lost(self._call("GetLease", timeout=5.0, name=self.name))
-            except DriverError:
-                return None
+            except DriverError as exc:
+                # The stream ended and the controller does not answer either: it is the controller
+                # (and its router) that went away, not the board.
+                gone = ControllerLost(
+                    self.device,
+                    f"the controller at {self.endpoint} went away during lease {self.name} on exporter "
+                    f"{self.exporter}: {exc}",
+                )
+                self.board.end(gone)
+                return gone
             if lost is not None:
                 self.board.end(lost)
                 return lost

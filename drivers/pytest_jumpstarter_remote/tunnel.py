@@ -18,25 +18,24 @@ from pytest_jumpstarter_network.tunnel import NetTunnel, Target, TunnelSettings
 from pytest_jumpstarter.errors import TunnelError
 from pytest_jumpstarter.settings import setting
 
-from .driver import JumpstarterBoard
+from .driver import PortForwards
 
 
 @dataclass(frozen=True, kw_only=True)
 class JumpstarterNetworkSettings(TunnelSettings):
-    board: str = setting(kind="ref", doc="the jumpstarter device whose network: drivers carry the ports")
+    board: str = setting(
+        kind="ref", needs=(PortForwards,), doc="the jumpstarter device whose network: drivers carry the ports"
+    )
 
 
 class JumpstarterNetwork(NetTunnel[JumpstarterNetworkSettings]):
     name: ClassVar[str] = "jumpstarter-network"
 
-    def _board(self) -> JumpstarterBoard:
-        board = self.ctx.refs["board"]
-        if not isinstance(board, JumpstarterBoard):
-            raise TunnelError(self.device_name, f"board {board.device_name!r} is not a jumpstarter device")
-        return board
+    def _board(self) -> PortForwards:
+        return self.ctx.ref("board", PortForwards)
 
     def _network_name(self, target: Target) -> str:
-        network = self._board().config.network
+        network = self._board().networks
         if str(target) in network:
             return str(target)
         for name, port in self._forwards.items():

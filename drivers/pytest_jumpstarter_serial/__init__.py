@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_jumpstarter import device_fixture
+from pytest_jumpstarter.families import DriverRef
 
 if TYPE_CHECKING:
-    from pytest_jumpstarter.driver import Driver
-
     from .driver import SerialConsole
 
 _WHERE = {"SerialConsole": "driver"}
@@ -25,10 +24,8 @@ console = device_fixture("console", doc="The console device (e.g. driver serial)
 
 
 @pytest.hookimpl
-def pytest_jumpstarter_add_drivers() -> list[type[Driver[Any]]]:
-    from .driver import SerialConsole
-
-    return [SerialConsole]
+def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
+    return [DriverRef("serial", "pytest_jumpstarter_serial.driver:SerialConsole")]
 
 
 def __getattr__(name: str) -> Any:

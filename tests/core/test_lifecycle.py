@@ -124,8 +124,8 @@ def test_an_interrupted_start_still_stops_every_device(rec_pytester: pytest.Pyte
     ]
 
 
-def _sigterm_after(pytester: pytest.Pytester, marker: bytes, *args: str) -> int:
-    """Run pytest in a process group, send SIGTERM once it printed ``marker``; return its exit code."""
+def _sigterm_after(pytester: pytest.Pytester, marker: bytes, *args: str, signum: int = signal.SIGTERM) -> int:
+    """Run pytest in a process group, send ``signum`` once it printed ``marker``; return its exit code."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", *args],
@@ -146,7 +146,7 @@ def _sigterm_after(pytester: pytest.Pytester, marker: bytes, *args: str) -> int:
                 chunk = os.read(proc.stdout.fileno(), 4096)
                 assert chunk, f"pytest exited early:\n{seen.decode()}"
                 seen += chunk
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -156,7 +156,9 @@ def _sigterm_after(pytester: pytest.Pytester, marker: bytes, *args: str) -> int:
     return proc.returncode
 
 
-def test_sigterm_tears_devices_down(rec_pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_tear_devices_down(rec_pytester: pytest.Pytester, signum: int) -> None:
+    # SIGHUP: a closed terminal or a dropped ssh session must clean up like a CI cancel.
     chain(rec_pytester, board_scope="session")
     rec_pytester.makepyfile(
         """
@@ -167,7 +169,7 @@ def test_sigterm_tears_devices_down(rec_pytester: pytest.Pytester) -> None:
             threading.Event().wait(60)
         """
     )
-    _sigterm_after(rec_pytester, b"READY", "--target=chain.yaml")
+    _sigterm_after(rec_pytester, b"READY", "--target=chain.yaml", signum=signum)
     assert events(rec_pytester)[-4:] == [
         "teardown flasher after test_waits[chain]",
         "stop chain/flasher",

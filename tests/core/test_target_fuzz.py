@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pytest_jumpstarter import Driver, TargetDescription, TargetError, load_target
+from pytest_jumpstarter import Driver, DriverRef, TargetDescription, TargetError, load_target
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -43,7 +43,8 @@ FUZZ = settings(
 def _drivers() -> dict[str, type[Driver[Any]]]:
     found: dict[str, type[Driver[Any]]] = {}
     for family in FAMILIES:
-        for cls in importlib.import_module(family).pytest_jumpstarter_add_drivers():
+        for ref in importlib.import_module(family).pytest_jumpstarter_add_drivers():
+            cls = ref.load() if isinstance(ref, DriverRef) else ref
             found[cls.name] = cls
     return found
 

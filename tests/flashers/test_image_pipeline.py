@@ -289,7 +289,7 @@ def test_every_method_is_a_flash_capability() -> None:
 
     from pytest_jumpstarter.capabilities import Flash
 
-    methods = pytest_jumpstarter_add_drivers()
+    methods = [ref.load() for ref in pytest_jumpstarter_add_drivers()]
     assert {m.name for m in methods} == {"block", "dfu", "qemu-disk", "uboot-tftp"}
     assert {m.role for m in methods} == {"flasher"}
     for cls in (BlockFlasher, DfuFlasher, QemuDiskFlasher, UBootTftpFlasher):

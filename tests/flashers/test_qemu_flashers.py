@@ -20,7 +20,6 @@ from pytest_jumpstarter_flashers.uboot import UBootTftpFlasher
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
 from pytest_jumpstarter.errors import DeviceExited, FlashError
-from pytest_jumpstarter.settings import coerce
 
 from .conftest import MIB, make_image
 
@@ -32,7 +31,7 @@ pytestmark = pytest.mark.qemu
 
 def make_board(settings: dict[str, Any], workdir: Path, name: str) -> Any:
     workdir.mkdir(parents=True, exist_ok=True)
-    values = {k: coerce(qemu.QemuBoard.settings[k], v, workdir) for k, v in settings.items()}
+    values = qemu.QemuBoard.settings_from(settings, workdir)
     return qemu.QemuBoard(
         DeviceContext(
             name=name, target="flash-test", settings=values, workdir=workdir, transcript=Transcript()

@@ -21,7 +21,7 @@ from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.images import LINUX_INITRD, LINUX_KERNEL, require_images
 
 from pytest_jumpstarter import DeviceContext, Driver, Transcript, TunnelError
-from pytest_jumpstarter.settings import SettingValueError, coerce
+from pytest_jumpstarter.settings import SettingValueError
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(180)]
 
@@ -37,7 +37,7 @@ def linux_board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "initrd": str(images.linux_initrd),
         "network": {"forwards": {}},
     }
-    settings = {key: coerce(QemuBoard.settings[key], value, workdir) for key, value in raw.items()}
+    settings = QemuBoard.settings_from(raw, workdir)
     board = QemuBoard(
         DeviceContext(
             name="qemu_vm", target="nettest", settings=settings, workdir=workdir, transcript=Transcript()

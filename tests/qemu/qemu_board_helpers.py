@@ -11,16 +11,13 @@ from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.images import Images
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
-from pytest_jumpstarter.settings import coerce
 
 MakeBoard = Callable[..., QemuBoard]
 
 
 def board_from(settings: dict[str, Any], workdir: Path, name: str = "qemu_vm") -> QemuBoard:
     """A QemuBoard with settings coerced exactly as the target loader does."""
-    typed = {key: coerce(QemuBoard.settings[key], value, workdir) for key, value in settings.items()}
-    problems = list(QemuBoard.check(typed))
-    assert not problems, problems
+    typed = QemuBoard.settings_from(settings, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     return QemuBoard(
         DeviceContext(name=name, target="test", settings=typed, workdir=workdir, transcript=Transcript())

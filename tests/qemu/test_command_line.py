@@ -6,23 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.cmdline import DiskFile, RunFiles, command_line, socket_args
-from pytest_jumpstarter_qemu.config import QemuConfig, check
-from pytest_jumpstarter_qemu.network import (
-    HostForward,
-    UserNetwork,
-    match_forwards,
-    parse_network,
-    parse_usernet,
-)
+from pytest_jumpstarter_qemu.config import QemuSettings
+from pytest_jumpstarter_qemu.network import HostForward, UserNetwork, match_forwards, parse_usernet
 
 from pytest_jumpstarter.settings import SettingValueError
 
 
-def config(**settings: Any) -> QemuConfig:
-    settings.setdefault("kernel", Path("/k/vmlinuz"))
-    assert not list(check(settings))
-    return QemuConfig.from_settings(settings, Path("/targets"))
+def config(**settings: Any) -> QemuSettings:
+    settings.setdefault("kernel", "/k/vmlinuz")
+    return QemuBoard.settings_from(settings, Path("/targets"))
 
 
 def arg(cmd: list[str], flag: str) -> str:
@@ -54,7 +48,7 @@ def test_kvm_uses_the_host_cpu_unless_one_is_set() -> None:
 
 
 def test_arm_gets_its_machine_console_and_device_bus() -> None:
-    cmd = command_line(config(arch="aarch64", append=None), RUN)
+    cmd = command_line(config(arch="aarch64"), RUN)
     assert cmd[0] == "qemu-system-aarch64"
     assert (arg(cmd, "-machine"), arg(cmd, "-cpu")) == ("virt", "cortex-a57")
     assert arg(cmd, "-append").startswith("console=ttyAMA0,115200")
@@ -92,9 +86,7 @@ def test_state_drive_comes_before_the_disks_and_disks_use_their_per_run_files() 
 
 def test_extra_args_come_last_and_bios_dtb_initrd_are_passed() -> None:
     cmd = command_line(
-        config(
-            initrd=Path("/k/initrd"), dtb=Path("/k/x.dtb"), bios=Path("/fw"), extra_args=["-rtc", "base=utc"]
-        ),
+        config(initrd="/k/initrd", dtb="/k/x.dtb", bios="/fw", extra_args=["-rtc", "base=utc"]),
         RUN,
     )
     assert cmd[-2:] == ["-rtc", "base=utc"]
@@ -113,12 +105,29 @@ def test_the_command_line_is_a_pure_function() -> None:
 
 
 def test_network_settings_become_a_typed_user_network() -> None:
-    assert parse_network(None) == UserNetwork()
-    assert parse_network("none") is None
-    net = parse_network({"forwards": {"ssh": "22"}, "tftp": "yes", "address": "10.0.3.2"})
+    assert config().user_network == UserNetwork()
+    assert config(network=None).user_network == UserNetwork()
+    assert config(network="none").user_network is None
+    net = config(network={"forwards": {"ssh": "22"}, "tftp": "yes", "address": "10.0.3.2"}).user_network
     assert net == UserNetwork(forwards={"ssh": 22}, tftp=True, address="10.0.3.2")
-    with pytest.raises(SettingValueError, match="1-65535"):
-        parse_network({"forwards": {"x": 0}})
+    with pytest.raises(SettingValueError, match="1-65535") as caught:
+        config(network={"forwards": {"x": 0}})
+    assert caught.value.path == ("network", "forwards", "x")
+
+
+def test_disk_short_forms_become_typed_disks() -> None:
+    listed = config(disks=["a.qcow2", "b.img"]).disk_list()
+    assert [(d.name, d.base, d.base_format) for d in listed.values()] == [
+        ("disk0", Path("/targets/a.qcow2"), "qcow2"),
+        ("disk1", Path("/targets/b.img"), "raw"),
+    ]
+    assert config(disks="a.img, b.img").disks.keys() == {"disk0", "disk1"}  # ini
+    named = config(disks={"scratch": "4M", "root": {"file": "r.img", "format": "qcow2"}}).disk_list()
+    assert (named["scratch"].base, named["scratch"].size) == (None, 4 * 1024 * 1024)
+    assert (named["root"].base, named["root"].base_format) == (Path("/targets/r.img"), "qcow2")
+    with pytest.raises(SettingValueError, match="give a file or a size") as caught:
+        config(disks={"a": {"format": "raw"}})
+    assert caught.value.path == ("disks", "a")
 
 
 def test_info_usernet_forwards_are_read_back_and_paired_by_guest_port() -> None:

@@ -16,7 +16,7 @@ from pytest_jumpstarter_qemu.images import Images
 from qemu_board_helpers import MakeBoard, board_from, linux_settings, qemu_pids
 
 from pytest_jumpstarter.errors import BoardPanic, DeviceExited, DriverError
-from pytest_jumpstarter.settings import coerce
+from pytest_jumpstarter.settings import SettingValueError
 
 pytestmark = pytest.mark.qemu
 
@@ -139,21 +139,24 @@ def test_stop_leaves_no_process_and_no_files(make_board: MakeBoard, images: Imag
     [
         ({}, "kernel", "needs something to boot"),
         ({"bios": "/x", "append": "quiet"}, "append", "needs kernel"),
-        ({"kernel": "/k", "disks": {"a": {"file": "/x", "format": "vmdk"}}}, "disks", "raw or qcow2"),
-        ({"kernel": "/k", "disks": {"a": {}}}, "disks", "give a file or a size"),
-        ({"kernel": "/k", "network": {"forwards": {"ssh": 70000}}}, "network", "1-65535"),
-        ({"kernel": "/k", "network": {"bridge": "br0"}}, "network", "unknown keys"),
+        ({"kernel": "/k", "disks": {"a": {"file": "/x", "format": "vmdk"}}}, "disks: a: format", "'qcow2'"),
+        ({"kernel": "/k", "disks": {"a": {}}}, "disks: a", "give a file or a size"),
+        ({"kernel": "/k", "disks": {"a b": "4M"}}, "disks", "use letters, digits"),
+        ({"kernel": "/k", "network": {"forwards": {"ssh": 70000}}}, "network: forwards: ssh", "1-65535"),
+        ({"kernel": "/k", "network": {"bridge": "br0"}}, "network: bridge", "unknown key"),
         ({"kernel": "/k", "arch": "mips"}, "machine", "no default machine"),
     ],
 )
-def test_check_reports_inconsistent_settings(settings: dict[str, object], key: str, message: str) -> None:
-    typed = {k: coerce(QemuBoard.settings[k], v, Path("/")) for k, v in settings.items()}
-    problems = list(QemuBoard.check(typed))
-    assert any(k == key and message in m for k, m in problems), problems
+def test_settings_from_reports_bad_and_inconsistent_settings(
+    settings: dict[str, object], key: str, message: str
+) -> None:
+    with pytest.raises(SettingValueError) as caught:
+        QemuBoard.settings_from(settings, Path("/"))
+    assert any(key in str(p) and message in str(p) for p in caught.value.leaves()), str(caught.value)
 
 
 def test_board_from_refuses_nothing_bootable(tmp_path: Path) -> None:
-    with pytest.raises(AssertionError, match="needs something to boot"):
+    with pytest.raises(SettingValueError, match="needs something to boot"):
         board_from({}, tmp_path)
 
 

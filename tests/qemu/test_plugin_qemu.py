@@ -94,3 +94,31 @@ def test_a_qemu_that_cannot_start_is_a_clear_setup_error(pytester: pytest.Pytest
     result = pytester.runpytest("--target=board.yaml")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*exited with code 1*while starting*", "*invalid option*"])
+
+
+def test_bad_disk_and_network_values_point_at_their_own_line(pytester: pytest.Pytester) -> None:
+    pytester.makefile(
+        ".yaml",
+        board="""
+        name: q
+        devices:
+          qemu_vm:
+            driver: qemu
+            kernel: /k
+            disks:
+              root: {file: r.img, format: vmdk}
+              blank: {}
+            network:
+              forwards:
+                ssh: 70000
+        """,
+    )
+    pytester.makepyfile("def test_boot(qemu_vm):\n    pass\n")
+    result = pytester.runpytest("--target=board.yaml")
+    result.stderr.fnmatch_lines_random(
+        [
+            "*board.yaml:7: devices.qemu_vm.disks.root.format: expected one of 'raw', 'qcow2'*vmdk*",
+            "*board.yaml:8: devices.qemu_vm.disks.blank: give a file or a size*",
+            "*board.yaml:11: devices.qemu_vm.network.forwards.ssh: expected a port 1-65535, found 70000*",
+        ]
+    )

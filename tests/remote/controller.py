@@ -237,6 +237,10 @@ class Controller:
             await asyncio.sleep(0.1)  # the controller's reconcile period
 
     def stop(self) -> None:
+        """Stop serving (a controller that goes away); calling it again does nothing."""
+        if not self._loop.is_running():
+            return
+
         async def down() -> None:
             self._ticker.cancel()
             if self._server is not None:

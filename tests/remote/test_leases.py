@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("jumpstarter_cli", reason="needs the [jumpstarter] extra")
 
 from controller import Controller
-from exporter_support import Exporter, exporter_config, free_port, private_dir
+from exporter_support import Exporter, exporter_config, free_port, give_to_exporter_user, private_dir
 
 EXPORT = {
     "power": {"type": "jumpstarter_driver_power.driver.MockPower"},
@@ -176,7 +176,8 @@ class _FixedDuration(LeaseRec):
             super().__setattr__(name, value)
 
 
-def test_sigterm_releases_the_lease(pytester, lab):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_releases_the_lease(pytester, lab, signum):
     ctl, _, _ = lab
     target(pytester, ctl)
     pytester.makepyfile("""
@@ -197,7 +198,7 @@ def test_sigterm_releases_the_lease(pytester, lab):
         for line in proc.stdout:
             if b"HOLDING" in line:
                 break
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
@@ -218,3 +219,85 @@ def test_an_unreachable_controller_fails_within_seconds_naming_the_address(pytes
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*cannot reach the controller at 127.0.0.1:{port}:*"])
     assert time.monotonic() - began < 30
+
+
+def test_a_controller_that_goes_away_mid_test_is_reported_within_seconds(pytester, lab):
+    ctl, _, _ = lab
+    target(pytester, ctl)
+    flag = pytester.path / "waiting"
+    pytester.makepyfile(f"""
+        def test_waits(target):
+            board = target.device("board")
+            open({str(flag)!r}, "w").close()
+            board.console.expect("never printed", timeout=120)
+    """)
+
+    def vanish() -> None:
+        while not flag.exists():
+            time.sleep(0.05)  # until the inner test is waiting on the console
+        ctl.stop()
+
+    thread = threading.Thread(target=vanish)
+    thread.start()
+    began = time.monotonic()
+    result = pytester.runpytest("--target=lab.yaml", "-p", "no:cacheprovider")
+    thread.join()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*ControllerLost: device 'board': the controller at {ctl.address} went away during lease * on exporter bench-1*"
+        ]
+    )
+    assert time.monotonic() - began < 60
+
+
+@pytest.fixture
+def two_benches() -> Iterator[Controller]:
+    """A controller with two exporters of the same labels."""
+    folder = private_dir("pytest-jumpstarter-lab-")
+    ctl = Controller(folder).start()
+    exporters = []
+    try:
+        for name in ("bench-1", "bench-2"):
+            workdir = folder / name
+            workdir.mkdir()
+            give_to_exporter_user(workdir)
+            config = exporter_config(name, EXPORT, **ctl.exporter_endpoint(name, {"board": "mock"}))
+            exporters.append(Exporter(config, workdir).start())
+        deadline = time.monotonic() + 30
+        while not all(e.online for e in ctl.exporters.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the exporters' Register
+        yield ctl
+    finally:
+        for exporter in exporters:
+            exporter.stop()
+        ctl.stop()
+        assert not [pid for e in exporters for pid in e.leftovers()]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_one_lease_per_device_per_xdist_worker(pytester, two_benches):
+    pytest.importorskip("xdist")
+    ctl = two_benches
+    target(pytester, ctl)
+    (pytester.path / "lab.yaml").write_text(
+        (pytester.path / "lab.yaml").read_text().replace("module", "session")
+    )
+    test = """
+        import os
+        def test_{n}_a(target):
+            board = target.device("board")
+            board.console.sendline("a")
+            board.console.expect("a")
+        def test_{n}_b(target):
+            target.device("board")
+    """
+    pytester.makepyfile(test_one=test.format(n="one"), test_two=test.format(n="two"))
+    result = pytester.runpytest_subprocess(
+        "--target=lab.yaml", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile"
+    )
+    result.assert_outcomes(passed=4)
+    granted = [e for e in ctl.log if e.startswith("granted")]
+    assert len(granted) == 2, ctl.log  # four tests, two workers: one lease each, held for the session
+    assert len({e.split()[-1] for e in granted}) == 2, ctl.log  # on the two exporters
+    assert sum(e.startswith("ended") for e in ctl.log) == 2, ctl.log

@@ -9,7 +9,6 @@ from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.images import UBOOT_ARM64, require_images
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
-from pytest_jumpstarter.settings import coerce
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(120)]
 
@@ -17,7 +16,7 @@ pytestmark = [pytest.mark.qemu, pytest.mark.timeout(120)]
 def test_a_uboot_board_gets_its_booted_environment_back_without_a_new_qemu(tmp_path: Path) -> None:
     images = require_images(UBOOT_ARM64)
     settings = {"arch": "aarch64", "bios": str(images.uboot_arm64), "shell": "uboot", "memory": "512M"}
-    typed = {key: coerce(QemuBoard.settings[key], value, tmp_path) for key, value in settings.items()}
+    typed = QemuBoard.settings_from(settings, tmp_path)
     ctx = DeviceContext(
         name="qemu_vm",
         target="t",

@@ -1,0 +1,224 @@
+"""Warm starts: a QEMU board's booted state kept across runs (:mod:`.statecache`), restored instead of a boot.
+
+After a cold boot reaches ready, the board is stopped, its state sent with QMP ``migrate`` to
+``exec:cat > FILE`` (RAM and devices; the stream skips zero pages), and continued; the next power-on
+on the same key starts QEMU with ``-incoming defer``, receives the file with ``migrate-incoming``,
+continues, proves the shell answers and sets the guest clock in the same command.
+
+The key covers what decides the booted state: the QEMU binary (path, size, mtime, ``--version``),
+the command line without per-run paths, sockets and ports, the content of kernel, initrd, bios and
+dtb, the ready pattern and shell, and :data:`.statecache.STATE_FORMAT`.  Boards with disks are not
+cached (their booted state includes what the boot wrote to them), nor ``autostart: false`` boards
+(a flasher writes their disk first): the reason is in :attr:`WarmStart.off_reason`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_jumpstarter.errors import DriverError, JumpstarterError
+from pytest_jumpstarter.process import run
+from pytest_jumpstarter.waiting import Deadline
+
+from .cmdline import RunFiles, command_line
+from .config import QemuSettings
+from .qmp import Qmp
+from .statecache import StateCache, default_dir, file_hash, make_key
+
+if TYPE_CHECKING:
+    from .board import QemuBoard
+
+MODES = ("off", "read", "write", "on")
+_QEMU_IDS: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """The run's cache options (``--jumpstarter-cache``, ``--jumpstarter-cache-dir``)."""
+
+    mode: str = "off"
+    folder: Path | None = None
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> CacheOptions:
+        mode = extra.get("cache_mode") or "off"
+        folder = extra.get("cache_dir")
+        return cls(mode if mode in MODES else "off", Path(folder) if folder else None)
+
+    @property
+    def reads(self) -> bool:
+        return self.mode in ("read", "on")
+
+    @property
+    def writes(self) -> bool:
+        return self.mode in ("write", "on")
+
+    def cache(self) -> StateCache:
+        return StateCache(self.folder or default_dir())
+
+
+def off_reason(config: QemuSettings, mode: str) -> str | None:
+    """Why this board keeps no booted state, or None when it may."""
+    if mode == "off":
+        return "--jumpstarter-cache=off"
+    if not config.cache:
+        return "cache: false"
+    if config.disks:
+        return "it has disks (their booted content is not kept with the state)"
+    if config.shell == "uboot":
+        # Seen on the demo arm64 board: after stop, migrate and cont, U-Boot no longer echoes input.
+        return "U-Boot boards are not cached yet (their console stops answering after the state is saved)"
+    if not config.autostart:
+        return "autostart: false (the state depends on what is written before power-on)"
+    return None
+
+
+def qemu_identity(executable: str) -> list[Any]:
+    """What identifies a QEMU binary: its path, size, mtime and first ``--version`` line."""
+    path = shutil.which(executable)
+    if path is None:
+        return [executable, "not found"]
+    st = Path(path).stat()
+    memo = (path, st.st_size, st.st_mtime_ns)
+    if memo not in _QEMU_IDS:
+        out = run([path, "--version"], device="qemu", timeout=10.0)
+        _QEMU_IDS[memo] = out.splitlines()[0] if out else ""
+    return [path, st.st_size, st.st_mtime_ns, _QEMU_IDS[memo]]
+
+
+def key_parts(config: QemuSettings, accel: str, snapshot: bool) -> dict[str, Any]:
+    """Everything that decides the booted state, with per-run paths replaced by fixed ones."""
+    tftp = config.user_network is not None and config.network.tftp
+    files = RunFiles(
+        name="warm",
+        tftp_root=Path("/run/tftp") if tftp else None,
+        state_drive=Path("/run/state.qcow2") if snapshot else None,
+    )
+    return {
+        "qemu": qemu_identity(config.executable),
+        "command": command_line(config, files, accel),
+        "files": {key: file_hash(path) for key, path in config.files.items() if path is not None},
+        "ready": [config.shell, config.ready],
+    }
+
+
+def wait_migration(qmp: Qmp, since: int, deadline: Deadline, device: str) -> None:
+    """Wait for the MIGRATION event that says ``completed``; ``failed`` is an error."""
+    while True:
+        event = qmp.events.wait("MIGRATION", deadline.remaining(600.0), since, device)
+        since = next(i for i, e in enumerate(qmp.events) if i >= since and e is event) + 1
+        status = event.get("data", {}).get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            detail = qmp.execute("query-migrate", timeout=5.0).get("error-desc", "no detail")
+            raise DriverError(device, f"migration {status}: {detail}")
+
+
+def _events_on(qmp: Qmp) -> None:
+    qmp.execute(
+        "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]}, timeout=5.0
+    )
+
+
+def receive_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
+    """Load ``state`` into a QEMU started with ``-incoming defer`` (it stays paused)."""
+    _events_on(qmp)
+    since = len(qmp.events)
+    qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"}, timeout=5.0)
+    wait_migration(qmp, since, Deadline(timeout, f"the booted state {state} to load"), device)
+
+
+def send_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
+    """Stop the guest, write its state to ``state``, and let it run again."""
+    _events_on(qmp)
+    since = len(qmp.events)
+    qmp.execute("stop", timeout=5.0)
+    try:
+        qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"}, timeout=5.0)
+        wait_migration(qmp, since, Deadline(timeout, f"the booted state to be written to {state}"), device)
+    finally:
+        qmp.execute("cont", timeout=5.0)
+
+
+class WarmStart:
+    """One board's use of the cache: restore on power-on, save after a cold boot, and what to report."""
+
+    def __init__(self, board: QemuBoard) -> None:
+        self.board = board
+        self.options = CacheOptions.from_extra(board.ctx.extra)
+        self.off_reason = off_reason(board.config, self.options.mode)
+        #: One line for the next test's report (a restore, or why a cold boot), then cleared.
+        self.note: str | None = None
+        #: Seconds of the last save / restore, and the entry's size.
+        self.timings: dict[str, float] = {}
+        self._key: tuple[str, dict[str, Any]] | None = None
+
+    def _entry_key(self, accel: str) -> tuple[str, dict[str, Any]]:
+        parts = key_parts(self.board.config, accel, self.board.ctx.reset == "snapshot")
+        return make_key(parts), parts
+
+    def restore(self, accel: str) -> bool:
+        """Power on from the cached state; False (board off, :attr:`note` says why) when not."""
+        board = self.board
+        if self.off_reason is not None or not self.options.reads:
+            return False
+        cache = self.options.cache()
+        key, parts = self._key = self._entry_key(accel)
+        entry, problem = cache.lookup(key, parts)
+        if problem is not None:
+            self.note = f"{board.device_name} cold boot because {problem}"
+        if entry is None:
+            return False
+        started = time.monotonic()
+        try:
+            board._launch(accel, incoming=entry.state)
+            # One round trip proves the shell answers and sets the clock the state stopped.
+            clock = f"date -s @{int(time.time())}" if board.shell_kind == "linux" else "true"
+            board.sync_console(min(10.0, board.config.console_timeout), clock)
+        except JumpstarterError as exc:
+            board.off()
+            cache.delete(key)
+            reason = str(exc).splitlines()[0]
+            self.note = f"{board.device_name} cold boot because restoring cache entry {key} failed: {reason}"
+            return False
+        self.timings = {"restore": time.monotonic() - started, "size": float(entry.size)}
+        board.timings = {"launch": board.timings.get("launch", 0.0), "ready": self.timings["restore"]}
+        self.note = f"{board.device_name} started from cache entry {key} in {self.timings['restore']:.2f}s"
+        board.ctx.progress(self.note)
+        return True
+
+    def save(self, accel: str) -> None:
+        """After a cold boot reached ready: keep its state, unless another writer does or it exists."""
+        board = self.board
+        if self.off_reason is not None or not self.options.writes:
+            return
+        cache = self.options.cache()
+        key, parts = self._key if self._key is not None else self._entry_key(accel)
+        with cache.writer(key) as tmp:
+            qmp = board.process.qmp if board.process is not None else None
+            if tmp is None or qmp is None:
+                return
+            started = time.monotonic()
+            try:
+                # Save a shell idle at its prompt with nothing unread (as reset: snapshot does); Linux
+                # makes its boot id on first read: read it now, or each restore would make a new one.
+                if board.shell_kind == "linux":
+                    board.sync_console(board.config.console_timeout, "cat /proc/sys/kernel/random/boot_id")
+                board.console.drain(quiet=0.05, limit=1.0)
+                send_state(qmp, tmp / "state", board.config.boot_timeout, board.device_name)
+            except JumpstarterError as exc:
+                (tmp / "state").unlink(missing_ok=True)
+                self.note = f"{board.device_name}: booted state not cached: {str(exc).splitlines()[0]}"
+                return
+            cache.publish_meta(tmp, parts, device=f"{board.ctx.target}/{board.device_name}")
+            self.timings = {"save": time.monotonic() - started, "size": float((tmp / "state").stat().st_size)}
+        board.ctx.progress(
+            f"{board.device_name}: booted state cached as {key} in {self.timings['save']:.2f}s"
+            f" ({self.timings['size'] / 2**20:.0f} MiB)"
+        )

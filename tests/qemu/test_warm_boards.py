@@ -1,0 +1,166 @@
+"""Booted states kept across runs: the cache folder's rules without QEMU, then real restores."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_jumpstarter_qemu import QemuBoard
+from pytest_jumpstarter_qemu.images import Images
+from pytest_jumpstarter_qemu.statecache import StateCache, make_key
+from qemu_board_helpers import linux_settings, uboot_settings
+
+from pytest_jumpstarter.driver import DeviceContext, Transcript
+
+
+def fake_entry(cache: StateCache, name: str, size: int = 10) -> str:
+    key = make_key({"n": name})
+    with cache.writer(key) as tmp:
+        assert tmp is not None
+        (tmp / "state").write_bytes(b"x" * size)
+        cache.publish_meta(tmp, {"n": name})
+    return key
+
+
+def test_an_entry_appears_whole_and_a_second_writer_of_the_same_key_stands_aside(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path)
+    key = make_key({"n": 1})
+    with cache.writer(key) as tmp:
+        assert tmp is not None
+        (tmp / "state").write_bytes(b"half")
+        assert cache.lookup(key, {"n": 1}) == (None, None)  # readers see nothing yet
+        with cache.writer(key) as other:
+            assert other is None  # the same key is being written: this worker boots cold only
+        cache.publish_meta(tmp, {"n": 1})
+    entry, problem = cache.lookup(key, {"n": 1})
+    assert problem is None and entry is not None and entry.state.read_bytes() == b"half"
+    with cache.writer(key) as again:
+        assert again is None  # it exists already
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_truncated_and_foreign_entries_are_deleted_with_the_reason(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path)
+    key = fake_entry(cache, "a", size=100)
+    with open(tmp_path / key / "state", "r+b") as f:
+        f.truncate(40)
+    assert cache.lookup(key, {"n": "a"}) == (None, f"cache entry {key} was unusable: its state file is truncated "
+                                             "(40 of 100 bytes); deleted")  # fmt: skip
+    assert not (tmp_path / key).exists()
+    key = fake_entry(cache, "b")
+    entry, problem = cache.lookup(key, {"n": "other QEMU"})
+    assert entry is None and problem is not None and "another QEMU" in problem
+    (tmp_path / "junk").mkdir()
+    assert cache.lookup("junk", {})[1] is not None and not (tmp_path / "junk").exists()
+
+
+def test_eviction_keeps_the_most_recently_used_within_the_bounds(tmp_path: Path) -> None:
+    cache = StateCache(tmp_path, max_entries=2, max_bytes=1 << 30)
+    first = fake_entry(cache, "1")
+    second = fake_entry(cache, "2")
+    os.utime(tmp_path / second / "meta.json", (time.time() - 100, time.time() - 100))
+    assert cache.lookup(first, {"n": "1"})[0] is not None  # used now: the newest
+    third = fake_entry(cache, "3")
+    assert sorted(e.key for e in cache.entries()) == sorted([first, third])
+    assert cache.clear() == 2 and cache.entries() == []
+
+
+def cached_board(settings: dict[str, Any], workdir: Path, cache_dir: Path, mode: str = "on") -> QemuBoard:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return QemuBoard(
+        DeviceContext(
+            name="qemu_vm", target="warm", settings=QemuBoard.settings_from(settings, workdir),
+            workdir=workdir, transcript=Transcript(), extra={"cache_mode": mode, "cache_dir": cache_dir},
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_a_linux_board_starts_from_its_kept_state_with_the_host_clock_and_fresh_forwards(
+    tmp_path: Path, images: Images
+) -> None:
+    settings = linux_settings(images, network={"forwards": {"echo": 7}})
+    cache_dir = tmp_path / "cache"
+    cold = cached_board(settings, tmp_path / "cold", cache_dir)
+    try:
+        cold.start()
+        assert cold.warm.note is None and "save" in cold.warm.timings
+        cold.console.run("echo from-the-cold-board > /tmp/mark")
+    finally:
+        cold.stop()
+    (entry,) = StateCache(cache_dir).entries()
+    warm = cached_board(settings, tmp_path / "warm", cache_dir)
+    try:
+        warm.start()
+        assert warm.warm.note is not None and "started from cache entry" in warm.warm.note
+        assert warm.console.run("cat /tmp/mark 2>/dev/null; echo .").output == "."  # saved before the test
+        guest = int(warm.console.run("date +%s").output)
+        assert abs(guest - time.time()) < 5, "the guest clock is the host's after a restore"
+        with socket.create_connection(("127.0.0.1", warm.forward("echo")), timeout=10) as conn:
+            conn.sendall(b"ping\n")
+            assert conn.recv(16) == b"ping\n"
+    finally:
+        warm.stop()
+    with open(entry.state, "r+b") as f:  # a half-written file, as a crash would leave one
+        f.truncate(entry.size // 2)
+    again = cached_board(settings, tmp_path / "again", cache_dir)
+    try:
+        again.start()
+        assert again.warm.note is not None and "truncated" in again.warm.note
+        assert again.console.run("echo booted").output == "booted"
+    finally:
+        again.stop()
+    (fresh,) = StateCache(cache_dir).entries()
+    assert fresh.state.stat().st_size == fresh.size  # replaced by the cold boot's state
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(300)
+def test_read_mode_never_writes_and_cache_false_boots_cold(tmp_path: Path, images: Images) -> None:
+    cache_dir = tmp_path / "cache"
+    board = cached_board(linux_settings(images), tmp_path / "r", cache_dir, mode="read")
+    try:
+        board.start()
+    finally:
+        board.stop()
+    assert StateCache(cache_dir).entries() == []
+    board = cached_board(linux_settings(images, cache=False), tmp_path / "f", cache_dir)
+    assert board.warm.off_reason == "cache: false"
+
+
+def test_a_uboot_board_is_not_cached_and_says_why(tmp_path: Path, images: Images) -> None:
+    board = cached_board(uboot_settings(images), tmp_path / "u", tmp_path / "cache")
+    assert board.warm.off_reason is not None and "U-Boot" in board.warm.off_reason
+
+
+def test_the_listing_says_hit_or_miss_per_board_without_starting_one(pytester: pytest.Pytester) -> None:
+    pytester.makefile(
+        ".yaml",
+        board="""
+        name: q
+        devices:
+          qemu_vm: {driver: qemu, kernel: vmlinuz}
+          cold_vm: {driver: qemu, kernel: vmlinuz, role: other, cache: false}
+        """,
+    )
+    (pytester.path / "vmlinuz").write_bytes(b"a kernel")
+    pytester.makepyfile("def test_boot(qemu_vm):\n    pass\n")
+    cache = pytester.path / "cache"
+    args = ["--target=board.yaml", "--jumpstarter-list", f"--jumpstarter-cache-dir={cache}"]
+    result = pytester.runpytest(*args)
+    result.stdout.fnmatch_lines(["*qemu_vm: driver qemu*", "*cache: miss (entry * in *cache)*"])
+    result.stdout.fnmatch_lines(["*cold_vm: driver qemu*", "*cache: off (cache: false)*"])
+    key = result.stdout.str().split("cache: miss (entry ")[1].split()[0]
+    (cache / key).mkdir(parents=True)
+    (cache / key / "meta.json").write_text('{"size": 1048576}')
+    pytester.runpytest(*args).stdout.fnmatch_lines([f"*cache: hit (entry {key}, 1 MiB)*"])
+    pytester.runpytest(*args, "--jumpstarter-cache=off").stdout.fnmatch_lines(
+        ["*cache: off (--jumpstarter-cache=off)*"]
+    )
+    assert pytester.runpytest("--jumpstarter-cache-clear", f"--jumpstarter-cache-dir={cache}").ret == 0
+    assert not (cache / key).exists()
