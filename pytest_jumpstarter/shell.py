@@ -132,8 +132,7 @@ class Shell:
         try:
             yield start
         except ConsoleTimeout as exc:
-            # A board whose owner explains the silence (a paused or stopped VM) cannot answer an interrupt.
-            note = "" if exc.diagnosis else self._resync()
+            note = self._resync()
             elapsed = round(time.monotonic() - start, 3)
             raise ConsoleTimeout(
                 console.device, f"{what}{note}", elapsed, console.tail(), exc.diagnosis

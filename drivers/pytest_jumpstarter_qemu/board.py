@@ -186,6 +186,7 @@ class QemuBoard(Driver[QemuSettings]):
         accel: str = self.config.accel
         if accel == "auto":
             accel = ACCEL_CHOICES.choose(self.command_line("kvm"), self._boots_with_kvm)
+        self._check_files()  # a missing kernel is named as such, before the cache hashes it
         restored = self.warm.restore(accel)  # the booted state from the cache: no boot to wait for
         if not restored:
             self._launch(accel)
