@@ -187,13 +187,13 @@ def shells_bench(kernel: Path, initrd: Path, n: int, rounds: int) -> list[tuple[
                      f"{got['run'] / got['raw']:.2f}x", "not slower than before"))  # fmt: skip
         settings = {
             "arch": "aarch64",
-            "bios": images.uboot_arm64,
+            "bios": str(images.uboot_arm64),
             "shell": "uboot",
             "memory": 512 * 1024 * 1024,
         }
-        uboot = QemuBoard(
-            DeviceContext(name="uboot", target="bench", settings=settings, workdir=Path(tmp) / "uboot")
-        )
+        workdir = Path(tmp) / "uboot"
+        typed = QemuBoard.settings_from(settings, workdir)
+        uboot = QemuBoard(DeviceContext(name="uboot", target="bench", settings=typed, workdir=workdir))
         uboot.start()
         try:
             got = shell_trips(uboot, "\r\n=> ", n, rounds)
