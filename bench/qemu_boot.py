@@ -15,7 +15,9 @@ Measured:
    against a local TCP echo peer (ours vs labgrid's SerialDriver over raw TCP);
 3. throughput through expect: the same guest output (``yes ... | head -c N``), and the console
    alone on a local TCP producer (where the guest's UART does not set the pace);
-4. CPU of the test process while expect waits 10 s for output that never comes.
+4. CPU of the test process while expect waits 10 s for output that never comes;
+5. (``--shells``) a shell command's round trip through ``run("true")`` next to a raw send/expect of the
+   same command's prompt on the same console: Linux (the demo x86_64 board) and U-Boot (the demo arm64 board).
 """
 
 from __future__ import annotations
@@ -140,6 +142,66 @@ def our_session(board: QemuBoard, nbytes: int) -> dict[str, float]:
         console.expect("NEVER-PRINTED", timeout=10)
     out["idle_cpu"] = (time.process_time() - cpu) / (time.monotonic() - wall)
     return out
+
+
+def trips(action: Callable[[], object], n: int) -> float:
+    seconds = []
+    for _ in range(n):
+        t = time.perf_counter()
+        action()
+        seconds.append(time.perf_counter() - t)
+    return statistics.median(seconds)
+
+
+def shell_trips(board: QemuBoard, prompt: str, n: int, rounds: int) -> dict[str, float]:
+    """Median seconds of ``run("true")`` and of a raw ``sendline("true")`` + expect(prompt), interleaved."""
+    console = board.console
+    shell = console.shell
+
+    def raw() -> None:
+        console.sendline("true")
+        console.expect(prompt, timeout=10)
+
+    shell.run("true")  # warm up (and leave the console just past a prompt)
+    runs, raws = [], []
+    for _ in range(rounds):
+        runs.append(trips(lambda: shell.run("true", timeout=10), n))
+        raws.append(trips(raw, n))
+    return {"run": statistics.median(runs), "raw": statistics.median(raws)}
+
+
+def shells_bench(kernel: Path, initrd: Path, n: int, rounds: int) -> list[tuple[str, str, str, str, str]]:
+    from pytest_jumpstarter_qemu.images import UBOOT_ARM64
+
+    images = require_images(UBOOT_ARM64)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-shells-") as tmp:
+        linux = our_board(kernel, initrd, Path(tmp) / "linux")
+        linux.start()
+        try:
+            linux.on()
+            got = shell_trips(linux, PROMPT, n, rounds)
+        finally:
+            linux.stop()
+        rows.append(("Linux run('true') round trip", ms(got["run"]), f"raw send/expect {ms(got['raw'])}",
+                     f"{got['run'] / got['raw']:.2f}x", "not slower than before"))  # fmt: skip
+        settings = {
+            "arch": "aarch64",
+            "bios": str(images.uboot_arm64),
+            "shell": "uboot",
+            "memory": 512 * 1024 * 1024,
+        }
+        workdir = Path(tmp) / "uboot"
+        typed = QemuBoard.settings_from(settings, workdir)
+        uboot = QemuBoard(DeviceContext(name="uboot", target="bench", settings=typed, workdir=workdir))
+        uboot.start()
+        try:
+            got = shell_trips(uboot, "\r\n=> ", n, rounds)
+        finally:
+            uboot.stop()
+        rows.append(("U-Boot run('true') round trip", ms(got["run"]), f"raw send/expect {ms(got['raw'])}",
+                     f"{got['run'] / got['raw']:.2f}x", "<= 2x raw"))  # fmt: skip
+    return rows
 
 
 FIXTURE_CONFTEST = """
@@ -333,6 +395,8 @@ def main() -> int:
     parser.add_argument("--tcp-bytes", type=int, default=8_000_000, help="local producer output for ours")
     parser.add_argument("--no-labgrid", action="store_true")
     parser.add_argument("--boot-only", action="store_true", help="measure boots only (sections 2-4 skipped)")
+    parser.add_argument("--shells", action="store_true", help="measure shell round trips only (section 5)")
+    parser.add_argument("--trips", type=int, default=30, help="round trips per round (--shells)")
     parser.add_argument("--producer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.producer:
@@ -350,6 +414,10 @@ def main() -> int:
 
     images = require_images()
     kernel, initrd = images.linux_kernel, images.linux_initrd
+    if args.shells:
+        print(f"shell round trips: {args.rounds} rounds of {args.trips}; load {os.getloadavg()[0]:.2f}")
+        print_table(shells_bench(kernel, initrd, args.trips, args.rounds))
+        return 0
     lg = None if args.no_labgrid else ensure_labgrid()
     print(f"QEMU board benchmark: {args.rounds} rounds, interleaved; load average {os.getloadavg()[0]:.2f}")
 

@@ -172,6 +172,13 @@ class QmpHost(Protocol):
     def wait_event(self, name: str, timeout: float = 10.0, since: int = 0) -> Any: ...
 
 
+@runtime_checkable
+class BootStages(Protocol):
+    """A board that can be brought to a named boot stage (``uboot``, ``linux``)."""
+
+    def boot_to(self, stage: str) -> None: ...
+
+
 #: Every capability the loader knows by name, for messages and :meth:`Driver.provides`.
 CAPABILITIES: tuple[type, ...] = (
     Power,
@@ -186,6 +193,7 @@ CAPABILITIES: tuple[type, ...] = (
     TftpHost,
     Addressable,
     QmpHost,
+    BootStages,
 )
 
 

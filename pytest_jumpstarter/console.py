@@ -1,138 +1,58 @@
-"""A pexpect-compatible console over any byte stream, and a shell helper that survives BusyBox.
+"""A pexpect-compatible console over any byte stream.
 
 :class:`Console` is a real ``pexpect`` spawn (``expect``, ``expect_exact``, ``sendline``, ``before``,
 ``after``, ``match``, ``pexpect.EOF``/``pexpect.TIMEOUT`` in pattern lists) that reads from a
-:class:`Transport`: a socket (QEMU's chardev), or a pyserial port (``socket://``, ``loop://``, a pty).
+:class:`~pytest_jumpstarter.transports.Transport`: a socket (QEMU's chardev), or a pyserial port.
 
 What it adds to pexpect:
 
 - a timeout raises :class:`~pytest_jumpstarter.errors.ConsoleTimeout` carrying the last lines seen;
 - the end of the stream is diagnosed by the owner (``on_eof``): a dead QEMU is reported as dead,
   with its exit status and stderr, not as a timeout;
-- fatal patterns (``Kernel panic - not syncing``) fail a wait at once instead of at its deadline;
-- everything read is teed into the device's :class:`~pytest_jumpstarter.driver.Transcript`;
+- fatal patterns (:mod:`.fatal`: a kernel panic, U-Boot's ``resetting ...``) fail a wait at once, each
+  occurrence once; inside a shell command the owner's ``watch`` (QEMU's RESET/SHUTDOWN events) too;
+- everything read is teed into the device's :class:`~pytest_jumpstarter.driver.Transcript` and kept
+  in :attr:`Console.boot_log`;
 - no sleep after each read (pexpect's ``delayafterread``), so round trips cost what the link costs.
+
+The shell helpers live apart: :mod:`.linux` (LinuxShell), :mod:`.uboot` (UBootShell), :mod:`.shell`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
-import re
-import selectors
-import socket
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import pexpect
-from pexpect.expect import Expecter, searcher_re
+from pexpect.expect import searcher_re
 from pexpect.spawnbase import SpawnBase
 
-from .errors import BoardPanic, ConsoleClosed, ConsoleTimeout, DriverError
+from .errors import ConsoleClosed, ConsoleTimeout
+from .expecter import _max_width, _WindowedExpecter
+from .fatal import LINUX_FATAL_PATTERNS, FatalPattern, FatalScanner
+from .linux import LinuxShell
+from .shell import ANSI as _ANSI
+from .shell import RunResult
+from .transports import SerialTransport, SocketTransport, Transport
 from .waiting import Deadline
 
-#: Patterns that mean a Linux board is gone for good; waiting longer cannot help.
-LINUX_FATAL_PATTERNS = (r"Kernel panic - not syncing[^\r\n]*",)
+__all__ = [
+    "LINUX_FATAL_PATTERNS",
+    "Console",
+    "LinuxShell",
+    "RunResult",
+    "SerialTransport",
+    "SocketTransport",
+    "Transport",
+    "_WindowedExpecter",
+    "_max_width",
+]
 
-
-class Transport(Protocol):
-    """A byte stream to a console.  ``write`` raises TimeoutError(what, seconds) if the other end stalls."""
-
-    def read(self, size: int, timeout: float | None) -> bytes:
-        """Up to ``size`` bytes, as soon as any arrive; ``b""`` if none came in ``timeout``.
-
-        Raises :class:`EOFError` once the stream has ended.
-        """
-        ...
-
-    def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class SocketTransport:
-    """A connected stream socket (a QEMU unix-socket or TCP chardev)."""
-
-    def __init__(self, sock: socket.socket, write_timeout: float = 30.0) -> None:
-        self.sock, self.write_timeout = sock, write_timeout  # how long a write waits for the other end
-        sock.setblocking(False)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(sock, selectors.EVENT_READ)
-        self._writable = selectors.DefaultSelector()
-        self._writable.register(sock, selectors.EVENT_WRITE)
-
-    def read(self, size: int, timeout: float | None) -> bytes:
-        try:
-            data = self.sock.recv(size)
-        except BlockingIOError:
-            if not self._selector.select(timeout):
-                return b""
-            try:
-                data = self.sock.recv(size)
-            except BlockingIOError:
-                return b""
-            except OSError as exc:  # e.g. ECONNRESET from a QEMU that was killed
-                raise EOFError(str(exc)) from exc
-        except OSError as exc:
-            raise EOFError(str(exc)) from exc
-        if not data:
-            raise EOFError("the other end closed the connection")
-        return data
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                if not self._writable.select(self.write_timeout):
-                    what = f"the other end to take {len(view)} more bytes"
-                    raise TimeoutError(what, self.write_timeout) from None
-                continue
-            except OSError as exc:
-                raise EOFError(str(exc)) from exc
-            view = view[sent:]
-
-    def close(self) -> None:
-        self._selector.close()
-        self._writable.close()
-        self.sock.close()
-
-
-class SerialTransport:
-    """A pyserial port: ``serial.serial_for_url("socket://...")``, ``loop://``, or a tty path."""
-
-    def __init__(self, port: Any) -> None:
-        self.port = port
-
-    def read(self, size: int, timeout: float | None) -> bytes:
-        import serial
-
-        try:
-            self.port.timeout = timeout
-            first: bytes = self.port.read(1)
-            if not first:
-                return b""
-            # The rest of what is already there, without waiting: timeout 0 makes pyserial non-blocking.
-            self.port.timeout = 0
-            rest: bytes = self.port.read(max(0, size - 1))
-        except (serial.SerialException, OSError) as exc:
-            raise EOFError(str(exc)) from exc
-        return first + rest
-
-    def write(self, data: bytes) -> None:
-        import serial
-
-        try:
-            self.port.write(data)
-        except (serial.SerialException, OSError) as exc:
-            raise EOFError(str(exc)) from exc
-
-    def close(self) -> None:
-        self.port.close()
+#: How much of everything read :attr:`Console.boot_log` keeps (a long run's output is in the transcript).
+BOOT_LOG_LIMIT = 8 * 1024 * 1024
+#: While a watch is on, reads wait at most this long before asking it again.
+WATCH_INTERVAL = 0.05
 
 
 class Console(SpawnBase):  # type: ignore[misc]
@@ -140,6 +60,8 @@ class Console(SpawnBase):  # type: ignore[misc]
 
     ``on_eof`` is called when the stream ends; it returns the exception that explains why (for a
     QEMU board: :class:`~pytest_jumpstarter.errors.DeviceExited` with stderr), or ``None``.
+    ``watch`` is asked, while a shell command runs (:meth:`watched`), whether something outside the
+    stream ended the wait (a QEMU board: a RESET or SHUTDOWN event); it returns that error or ``None``.
     """
 
     def __init__(
@@ -149,8 +71,9 @@ class Console(SpawnBase):  # type: ignore[misc]
         device: str,
         timeout: float = 30.0,
         logfile_read: Any = None,
-        fatal_patterns: Sequence[str] = (),
+        fatal_patterns: Sequence[str | FatalPattern] = (),
         on_eof: Callable[[], BaseException | None] | None = None,
+        watch: Callable[[], BaseException | None] | None = None,
         on_timeout: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(
@@ -165,16 +88,22 @@ class Console(SpawnBase):  # type: ignore[misc]
         self.device = device
         self.logfile_read = logfile_read
         self.on_eof = on_eof
+        self.fatal = FatalScanner(
+            device, [p if isinstance(p, FatalPattern) else FatalPattern(p) for p in fatal_patterns]
+        )
+        self.watch = watch
+        self._watching = 0
         #: Called when a wait times out: what the owner sees that explains the silence (a paused VM).
         self.on_timeout = on_timeout
-        self._fatal = [re.compile(p) for p in fatal_patterns]
         self._tail = ""
+        self._log_chunks: list[str] = []
+        self._log_size = 0
         self._closed = False
-        self.shell: LinuxShell | Any = LinuxShell(self)
         #: True while every byte sent has been taken by the board: nothing was sent since the last
         #: shell command whose end marker came back (a shell prints it only after reading the
         #: whole line).  A restore in place (``loadvm``) may then skip the console round trip.
         self.settled = True
+        self.shell: Any = LinuxShell(self)
 
     # --- pexpect's spawn interface -------------------------------------------------------------
 
@@ -183,23 +112,33 @@ class Console(SpawnBase):  # type: ignore[misc]
             timeout = self.timeout
         if self._closed:
             raise self._eof_error()
-        try:
-            data = self.transport.read(size, timeout)
-        except EOFError:
-            self.flag_eof = True
-            raise self._eof_error() from None
+        data = self._read(size, timeout)
         if not data:
             raise pexpect.TIMEOUT("Timeout exceeded.")
         text: str = self._decoder.decode(data, final=False)
         self._log(text, "read")
         self._tail = (self._tail + text)[-16384:]
-        if self._fatal:
-            # Scan the new text plus a little before it, so a pattern split across reads is seen.
-            window = self._tail[-(len(text) + 200) :]
-            for pattern in self._fatal:
-                if m := pattern.search(window):
-                    raise BoardPanic(self.device, m.group(0), self.tail())
+        if self._log_size < BOOT_LOG_LIMIT:
+            self._log_chunks.append(text)
+            self._log_size += len(text)
+        if self.fatal and (error := self.fatal.feed(text, self.tail)) is not None:
+            raise error
         return text
+
+    def _read(self, size: int, timeout: float | None) -> bytes:
+        """Read, asking the watch (if one is on) at least every WATCH_INTERVAL while nothing comes."""
+        deadline = Deadline(timeout, "console output") if self._watching and self.watch else None
+        while True:
+            if deadline is not None and self.watch is not None and (error := self.watch()) is not None:
+                raise error
+            slice_ = timeout if deadline is None else min(WATCH_INTERVAL, deadline.remaining(WATCH_INTERVAL))
+            try:
+                data = self.transport.read(size, slice_)
+            except EOFError:
+                self.flag_eof = True
+                raise self._eof_error() from None
+            if data or deadline is None or deadline.expired:
+                return data
 
     def send(self, s: str | bytes) -> int:
         if self._closed:
@@ -274,6 +213,41 @@ class Console(SpawnBase):  # type: ignore[misc]
 
     # --- conveniences ---------------------------------------------------------------------------
 
+    def sendcontrol(self, char: str) -> int:
+        """Send Ctrl-``char`` (``sendcontrol("c")`` is Ctrl-C)."""
+        code = ord(char.lower()) - ord("a") + 1 if char.isalpha() else {"[": 27, "\\": 28, "]": 29}.get(char)
+        if code is None or not 0 < code < 32:
+            raise ValueError(f"sendcontrol: expected a letter or one of [ \\ ], found {char!r}")
+        return self.send(bytes([code]))
+
+    def interrupt(self, sequence: str = "\x03") -> None:
+        """Send the interrupt sequence (Ctrl-C unless the board says otherwise); see Shell.interrupt."""
+        self.send(sequence)
+
+    @property
+    def boot_log(self) -> str:
+        """Everything the console showed since it opened (power-on), escapes removed (8 MiB at most)."""
+        return _ANSI.sub("", "".join(self._log_chunks))
+
+    @contextlib.contextmanager
+    def watched(self) -> Iterator[None]:
+        """Within: the owner's ``watch`` can end any wait (a shell command's, not a raw expect's)."""
+        self._watching += 1
+        try:
+            yield
+        finally:
+            self._watching -= 1
+
+    @contextlib.contextmanager
+    def fatal_paused(self) -> Iterator[None]:
+        """Within: fatal patterns are not checked (a test that resets the board on purpose)."""
+        enabled, self.fatal.enabled = self.fatal.enabled, False
+        try:
+            yield
+        finally:
+            self.fatal.enabled = enabled
+            self.fatal.skip_seen()
+
     def run(self, command: str, timeout: float | None = None) -> RunResult:
         """Run ``command`` through this console's shell helper (Linux by default)."""
         result: RunResult = self.shell.run(command, timeout=timeout)
@@ -288,11 +262,15 @@ class Console(SpawnBase):  # type: ignore[misc]
         """Read until the board has been quiet for ``quiet`` seconds (at most ``limit`` in all)."""
         deadline = Deadline(limit, "the console to go quiet")
         got = []
-        while not deadline.expired:
-            try:
-                got.append(self.read_nonblocking(self.maxread, quiet))
-            except pexpect.TIMEOUT:
-                break
+        watching, self._watching = self._watching, 0  # draining is not a command's wait
+        try:
+            while not deadline.expired:
+                try:
+                    got.append(self.read_nonblocking(self.maxread, quiet))
+                except pexpect.TIMEOUT:
+                    break
+        finally:
+            self._watching = watching
         # Everything unmatched so far goes: pexpect keeps it in two places, and its next expect
         # searches ``_before`` (all text since the last match) when that is the longer one.
         stale: str = self._before.getvalue()  # type: ignore[has-type]
@@ -318,162 +296,3 @@ class Console(SpawnBase):  # type: ignore[misc]
             if reason is not None:
                 return reason
         return ConsoleClosed(self.device, f"console closed\nlast console lines:\n{self.tail()}")
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-#: Characters searched before the earliest place a new match can start (for lookarounds, ``\b``, ``^``).
-_CONTEXT = 256
-#: Longer patterns are searched the pexpect way.
-_WIDTH_LIMIT = 1 << 16
-
-
-@functools.lru_cache(maxsize=512)
-def _pattern_width(pattern: str | bytes, flags: int) -> int | None:
-    """The longest text ``pattern`` can match, or None if unbounded (``.*``) or unknown."""
-    try:
-        from re import _parser as sre_parse  # type: ignore[attr-defined]
-    except ImportError:  # Python 3.10
-        import sre_parse
-    try:
-        _, high = sre_parse.parse(pattern, flags).getwidth()
-    except Exception:
-        return None
-    return int(high) if high < _WIDTH_LIMIT else None
-
-
-def _max_width(pattern_list: Any) -> int | None:
-    widths = []
-    for p in pattern_list:
-        if p is pexpect.EOF or p is pexpect.TIMEOUT:
-            continue
-        width = _pattern_width(p.pattern, p.flags) if hasattr(p, "pattern") else None
-        if width is None:
-            return None
-        widths.append(width)
-    return max(widths) if widths else None
-
-
-class _WindowedExpecter(Expecter):  # type: ignore[misc]
-    """pexpect's Expecter for patterns of bounded length, without its quadratic cost on long output.
-
-    pexpect copies and re-searches the whole buffer after every read.  When every pattern matches at
-    most ``width`` characters, and the buffer had no match before the fresh data came, a new match
-    must end in the fresh data, so it starts at most ``width`` before it: only that tail is searched
-    (with ``_CONTEXT`` more characters, seen through ``re``'s ``pos`` so that ``^``, ``\\b`` and
-    lookarounds behave as on the whole buffer).  ``before``, ``after``, ``match`` are pexpect's.
-    """
-
-    def __init__(self, spawn: Any, searcher: Any, width: int) -> None:
-        super().__init__(spawn, searcher, None)
-        self.width = width
-
-    def new_data(self, data: str) -> int | None:
-        spawn = self.spawn
-        spawn._before.write(data)
-        old_len = spawn._buffer.tell()
-        spawn._buffer.write(data)
-        first = max(0, old_len - self.width - _CONTEXT)  # the earliest start a new match can have
-        start = max(0, first - _CONTEXT)
-        spawn._buffer.seek(start)
-        window = spawn._buffer.read()
-        best: tuple[int, re.Match[str]] | None = None
-        for index, regex in self.searcher._searches:
-            m = regex.search(window, first - start)
-            if m is not None and (best is None or m.start() < best[1].start()):
-                best = (index, m)
-        if best is None:
-            keep = self.width + 3 * _CONTEXT
-            if len(window) > keep:
-                spawn._buffer = spawn.buffer_type()
-                spawn._buffer.write(window[-keep:])
-            return None
-        index, m = best
-        everything = spawn._before.getvalue()
-        spawn.before = everything[: len(everything) - (len(window) - m.start())]
-        spawn.after = m.group(0)
-        spawn.match = m
-        spawn.match_index = index
-        spawn._buffer = spawn.buffer_type()
-        spawn._buffer.write(window[m.end() :])
-        spawn._before = spawn.buffer_type()
-        spawn._before.write(window[m.end() :])
-        self.searcher.start, self.searcher.end, self.searcher.match = m.start(), m.end(), m
-        return index
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A shell command's output (``\\n`` line ends, no trailing newline) and exit status.
-
-    The same type for every channel, so a test switches from ``console.run()`` to ``ssh.run()`` by
-    changing one word.  On a console stdout and stderr arrive interleaved in ``output`` (and ``stderr``
-    is empty); over SSH ``output`` is stdout and ``stderr`` is separate.
-    """
-
-    command: str
-    output: str
-    status: int
-    duration: float
-    stderr: str = ""
-    #: What ran it, for messages: ``console``, or ``ssh root@127.0.0.1:40022``.
-    channel: str = "console"
-
-    @property
-    def stdout(self) -> str:
-        return self.output
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0
-
-    def check(self) -> RunResult:
-        """Return self if the command succeeded, else raise with its output."""
-        if self.status != 0:
-            stderr = f"\nstderr:\n{self.stderr}" if self.stderr else ""
-            raise DriverError(
-                self.channel,
-                f"command {self.command!r} exited with status {self.status}:\n{self.output}{stderr}",
-            )
-        return self
-
-
-class LinuxShell:
-    """Runs commands on a Linux shell (BusyBox ash included) and finds their output by markers.
-
-    ash sends ``ESC[6n`` before each prompt and re-wraps long echoed command lines, so neither the
-    prompt nor the echo can be matched reliably.  The command is bracketed by ``printf`` calls whose
-    output contains a byte (0x1e) that the echo shows only as the four characters ``\\036``.
-    """
-
-    _ids = itertools.count(1)
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def run(self, command: str, timeout: float | None = None) -> RunResult:
-        console = self.console
-        token = f"{next(self._ids)}x{int(time.monotonic() * 1000) % 100000}"
-        console.sendline(
-            f"printf '\\036B{token}\\036\\n'; {{ {command}\n}}; printf '\\036E{token}:%d\\036\\n' $?"
-        )
-        # Two bounded patterns rather than one spanning the output: a long output is then searched
-        # in a window (see _WindowedExpecter), not re-searched whole after every read.
-        begin = re.compile(f"\x1eB{token}\x1e\r?\n")
-        end = re.compile(f"\x1eE{token}:(-?\\d+)\x1e")
-        start = time.monotonic()
-        deadline = start + (console.timeout if timeout is None else timeout)
-        try:
-            console.expect(begin, timeout=max(0.0, deadline - time.monotonic()))
-            console.expect(end, timeout=max(0.0, deadline - time.monotonic()))
-        except ConsoleTimeout as exc:
-            raise ConsoleTimeout(
-                console.device,
-                f"the end of command {command!r}",
-                deadline - start,
-                console.tail(),
-                exc.diagnosis,
-            ) from exc
-        output = _ANSI.sub("", console.before).replace("\r\n", "\n").rstrip("\n")
-        console.settled = True
-        return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)

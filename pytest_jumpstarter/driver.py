@@ -335,6 +335,11 @@ class Driver(Generic[S]):
         """
         return f"driver {self.name!r} cannot restore with reset: {mode}"
 
+    def health(self) -> str | None:
+        """Why this kept device cannot go to the next test as it is (its process died, it panicked),
+        or ``None``.  Asked before a kept device is handed out; cheap (no round trip to the device)."""
+        return None
+
     def require_started(self, what: str) -> None:
         if not self.started:
             raise DeviceStateError(

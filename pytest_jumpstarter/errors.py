@@ -129,9 +129,10 @@ class BoardReset(DriverError):
         self.command = command
         self.shown = shown
         self.console_tail = console_tail
+        during = f" while running {command!r}" if command else ""
         super().__init__(
             device,
-            f"the board reset while running {command!r} (console showed {shown!r})\n"
+            f"the board reset{during} (console showed {shown!r})\n"
             f"last console lines:\n{_indent(console_tail)}",
         )
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .capabilities import BootStages
 from .driver import DeviceContext, Driver, Transcript
 from .errors import JumpstarterError
 from .locking import DeviceLease, Holder
@@ -47,6 +48,8 @@ class LiveDevice:
     #: The cross-process lease of an ``exclusive`` device, held from before start() to after stop().
     lease: DeviceLease | None = None
     lease_lost_told: bool = False
+    #: The last test that used it failed or errored (``reset: on-failure`` restores it then).
+    last_failed: bool = False
 
     @property
     def transcript(self) -> Transcript:
@@ -88,6 +91,8 @@ class DeviceManager:
         self._logdir: Path | None = None
         self._extra = dict(extra or {})
         self.live: dict[tuple[str, str], LiveDevice] = {}
+        #: Devices that died and could not come back: why, and in which test (later tests skip).
+        self.broken: dict[tuple[str, str], str] = {}
         self.active: str | None = None
         self._seq = 0
         self._root: Path | None = None
@@ -159,10 +164,15 @@ class DeviceManager:
             device = self.live.get((target.name, current))
             if device is not None and device in used.devices:
                 continue
+            if (target.name, current) in self.broken:
+                pytest.skip(self.broken[(target.name, current)])
             try:
                 if device is None:
                     device = self._start(target, target.devices[current], item, used)
-                elif device.uses > 0 and device.spec.reset != "none":
+                elif (dead := device.driver.health()) is not None:
+                    self._begin(device, used)
+                    device = self._restart_dead(device, item, dead)
+                elif device.uses > 0 and self._wants_restore(device):
                     self._begin(device, used)
                     self._reset_or_drop(device, item)
                 else:
@@ -176,7 +186,45 @@ class DeviceManager:
                 raise
             device.uses += 1
             device.last_item = item
-        return self.live[(target.name, name)].driver
+        driver = self.live[(target.name, name)].driver
+        marker = item.get_closest_marker("boot_stage")
+        if marker is not None and marker.args and isinstance(driver, BootStages):
+            driver.boot_to(str(marker.args[0]))
+        return driver
+
+    def record_outcome(self, item: pytest.Item, failed: bool) -> None:
+        """A test phase ended: ``reset: on-failure`` restores the devices of a failed test."""
+        used = item.stash.get(ITEM_DEVICES, None)
+        for device in used.devices if used is not None else ():
+            device.last_failed = device.last_failed or failed
+
+    @staticmethod
+    def _wants_restore(device: LiveDevice) -> bool:
+        reset = device.spec.reset
+        return reset not in ("none", "on-failure") or (reset == "on-failure" and device.last_failed)
+
+    def _restart_dead(self, device: LiveDevice, item: pytest.Item, dead: str) -> LiveDevice:
+        """A kept device died (in the last test that used it): start it afresh, or give it up."""
+        __tracebackhide__ = True
+        last = device.last_item.nodeid if device.last_item is not None else "its start"
+        note = f"{device.spec.name} was found dead ({self.redact(dead)}) after {last}: restarting it"
+        self.notify(note)
+        item.add_report_section("setup", "jumpstarter", note)
+        try:
+            self._stop_many([device, *self._dependents(device)], item)
+        except Exception as exc:
+            log.warning("stopping dead device %s failed: %s", device.spec.name, exc)
+        used = item.stash[ITEM_DEVICES]
+        used.devices.remove(device)
+        try:
+            return self._start(device.target, device.spec, item, used)
+        except JumpstarterError as exc:
+            reason = (
+                f"device {device.spec.name!r} of target {device.target.name!r} is down: it died after {last}"
+                f" ({self.redact(dead)}) and did not restart ({self.redact(str(exc).splitlines()[0])})"
+            )
+            self.broken[(device.target.name, device.spec.name)] = reason
+            pytest.skip(reason)
 
     def _reset_or_drop(self, device: LiveDevice, item: pytest.Item) -> None:
         __tracebackhide__ = True
@@ -275,7 +323,11 @@ class DeviceManager:
     def _reset(self, device: LiveDevice, item: pytest.Item) -> None:
         __tracebackhide__ = True
         driver = device.driver
-        reason = driver.restore(device.spec.reset)
+        mode = device.spec.reset
+        if mode == "on-failure":
+            mode = driver.restore_modes[0] if driver.restore_modes else "reboot"
+        device.last_failed = False
+        reason = driver.restore(mode)
         if reason is not None:
             # The driver cannot make the device pristine in place: a cold boot can, at its price.
             note = f"{device.spec.name} cold boot because {self.redact(reason)}"

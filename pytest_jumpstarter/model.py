@@ -17,7 +17,7 @@ from .settings import Setting
 
 Scope = Literal["test", "module", "session"]
 SCOPES: tuple[Scope, ...] = ("test", "module", "session")
-RESET_MODES = ("none", "reboot", "snapshot")
+RESET_MODES = ("none", "reboot", "snapshot", "on-failure")
 #: Keys of a device that belong to the plugin; every other key is a driver setting.
 GENERIC_KEYS: Mapping[str, Setting] = {
     "driver": Setting("str", doc="the driver's name"),

@@ -118,6 +118,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
+        "boot_stage(name): bring each device the test gets that has boot stages to stage `name` first",
+    )
+    config.addinivalue_line(
+        "markers",
         "device(*roles, **labels): the test needs a target with these device roles and labels "
         '(a label may list acceptable values: arch=("x86_64", "aarch64")); it runs once per fitting target',
     )
@@ -348,6 +352,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if run is None:
         return report
+    if run.manager is not None and report.failed:
+        run.manager.record_outcome(item, failed=True)
     if call.when == "setup" and call.excinfo is not None:
         from .lifecycle import DEVICE_FAILURE
 

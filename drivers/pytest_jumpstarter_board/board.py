@@ -18,8 +18,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from pytest_jumpstarter import stages as _stages
 from pytest_jumpstarter.capabilities import (
     Addressable,
     HasConsole,
@@ -28,10 +28,12 @@ from pytest_jumpstarter.capabilities import (
     Reconnect,
     TftpHost,
 )
-from pytest_jumpstarter.console import Console, LinuxShell
+from pytest_jumpstarter.console import Console
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import ConsoleTimeout, DeviceStateError
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.shell import Shell
+from pytest_jumpstarter.shell_settings import ShellSettings, check_shell
 from pytest_jumpstarter.uboot import UBootShell
 
 #: A shell prompt (BusyBox ash sends ``ESC[6n`` before it).
@@ -39,7 +41,9 @@ LINUX_PROMPT = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"
 
 
 @dataclass(frozen=True, kw_only=True)
-class BoardSettings:
+class BoardSettings(ShellSettings):
+    """The parts, how it boots, and the console shell's keys (prompt, login, fatal_patterns, stages...)."""
+
     power: str = setting(kind="ref", needs=(Power,), doc="the device switching its power (command-power)")
     console: str = setting(kind="ref", needs=(HasConsole,), doc="the device of its console (serial)")
     shell: str = setting("linux", choices=("linux", "uboot"), doc="what runs on the console: linux or uboot")
@@ -68,6 +72,12 @@ class Board(Driver[BoardSettings]):
         self._powered: bool | None = None
         #: Whether we switched the power at all (then stop() switches it off).
         self._switched = False
+        #: The boot stage the board is in (its ``shell`` after power-on; see :meth:`boot_to`).
+        self.stage: str = ctx.settings.shell
+        #: The console whose fatal patterns include this board's (the console part may open a new one).
+        self._fatal_console: Console | None = None
+        #: The shell helper this board put on the console (for its stage).
+        self._shell: Shell | None = None
 
     @classmethod
     def check(cls, settings: BoardSettings) -> Iterable[tuple[str, str]]:
@@ -78,6 +88,7 @@ class Board(Driver[BoardSettings]):
                 yield "ready", f"expected a regular expression, found {settings.ready!r} ({exc})"
         if settings.tftp_root is not None and not settings.tftp_root.is_dir():
             yield "tftp_root", f"expected an existing folder, found {str(settings.tftp_root)!r}"
+        yield from check_shell(settings, settings.shell)
 
     @classmethod
     def provides(cls, settings: BoardSettings) -> tuple[type, ...]:
@@ -106,7 +117,25 @@ class Board(Driver[BoardSettings]):
     def ready_pattern(self) -> str:
         if self.ctx.settings.ready is not None:
             return self.ctx.settings.ready
-        return UBootShell.prompt if self.ctx.settings.shell == "uboot" else LINUX_PROMPT
+        if self.ctx.settings.prompt is not None:
+            return self.ctx.settings.prompt
+        return UBootShell.prompt_line if self.ctx.settings.shell == "uboot" else LINUX_PROMPT
+
+    @property
+    def shell_kind(self) -> str:
+        return self.ctx.settings.shell
+
+    @property
+    def shell_settings(self) -> ShellSettings:
+        return self.ctx.settings
+
+    def boot_to(self, stage: str) -> None:
+        """Bring the board to boot stage ``stage`` (its ``shell`` after power-on, or one of ``stages``)."""
+        _stages.boot_to(self, stage)
+
+    def reset(self) -> None:
+        """Back to the first stage: a power cycle (a composite board has no reset line of its own)."""
+        self.cycle()
 
     def _part_provides(self, key: str, capability: type) -> bool:
         """Whether the device of setting ``key`` provides ``capability``, by its driver's own account."""
@@ -178,6 +207,9 @@ class Board(Driver[BoardSettings]):
             self._console().drain(quiet=0.0, limit=0.5)
         switch()
         self._powered = True
+        self.stage, self._shell = self.shell_kind, None
+        if not reconnects:
+            self._console().fatal.skip_seen()  # what it showed before the power cycle is history
         if reconnects:
             self.ctx.ref("console", Reconnect).reconnect()
         self._wait_ready(context)
@@ -187,9 +219,11 @@ class Board(Driver[BoardSettings]):
         timeout = self.ctx.settings.boot_timeout
         try:
             if self.ctx.settings.shell == "uboot" and self.ctx.settings.ready is None:
-                UBootShell(console).interrupt(timeout)
+                console.shell.interrupt(timeout)
             else:
                 console.expect(self.ready_pattern, timeout=timeout)
+                if self.ctx.settings.login is not None and self.shell_kind == "linux":
+                    console.shell.login()
         except ConsoleTimeout as exc:
             raise ConsoleTimeout(
                 self.device_name,
@@ -214,9 +248,13 @@ class Board(Driver[BoardSettings]):
         console = self.ctx.ref("console", HasConsole).console
         # Ours to set: this board owns how the console's end and its shell are read.
         console.on_eof = self._console_ended
-        shell: type[Any] = UBootShell if self.ctx.settings.shell == "uboot" else LinuxShell
-        if type(console.shell) is not shell:
-            console.shell = shell(console)
+        if self._fatal_console is not console:
+            console.fatal.add(_stages.fatal_patterns(self.shell_kind, self.ctx.settings))
+            self._fatal_console = console
+        if console.shell is not self._shell:  # a new console, a new stage, or not ours yet
+            console.shell = self._shell = _stages.shell_for(
+                console, self.stage, self.shell_kind, self.ctx.settings
+            )
         return console
 
     def _console_ended(self) -> BaseException | None:

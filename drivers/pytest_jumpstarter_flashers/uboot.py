@@ -162,7 +162,7 @@ class UBootTftpFlasher(FlasherDriver[UBootSettings]):
         except ConsoleTimeout as exc:
             raise FlashError(
                 self.device_name,
-                f"{self.name}: no U-Boot prompt ({UBootShell.prompt!r}) within {timeout}s after power-on\n"
+                f"{self.name}: no U-Boot prompt within {timeout}s after power-on\n"
                 f"last console lines:\n{exc.console_tail}",
             ) from None
 

@@ -21,9 +21,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console, LinuxShell, SocketTransport
+from pytest_jumpstarter import stages as _stages
+from pytest_jumpstarter.console import Console
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import DeviceExited, DeviceStateError, DriverError
+from pytest_jumpstarter.shell_settings import ShellSettings
+from pytest_jumpstarter.transports import SocketTransport
 from pytest_jumpstarter.uboot import UBootShell
 
 from . import config as _config
@@ -34,6 +37,7 @@ from .diagnosis import diagnose
 from .disks import Disks
 from .network import UserNet
 from .qmp import Events, Qmp
+from .restarts import RestartWatch
 from .snapshot import SNAPSHOT_TAG, Snapshots
 from .supervisor import QemuProcess
 from .warm import WarmStart, receive_state
@@ -63,8 +67,12 @@ class QemuBoard(Driver[QemuSettings]):
         self.arch = self.config.arch
         self.shell_kind: Literal["linux", "uboot"] = self.config.shell
         self.ready_pattern: str = self.config.ready or (
-            UBootShell.prompt if self.shell_kind == "uboot" else LINUX_PROMPT
+            UBootShell.prompt_line
+            if self.shell_kind == "uboot"
+            else self.config.shell_settings.prompt or LINUX_PROMPT
         )
+        #: The boot stage the board is in (``shell`` at power-on; see :meth:`boot_to`).
+        self.stage: str = self.shell_kind
         self._disks = Disks(self.device_name, self.config.disk_list(), ctx.workdir, ctx.source)
         self._net = UserNet(self.device_name, self.config.user_network, self.hmp)
         self._snapshots = Snapshots(ctx.reset == "snapshot")
@@ -74,6 +82,7 @@ class QemuBoard(Driver[QemuSettings]):
         self._console: Console | None = None
         self._tftp_root: Path | None = None
         self.events: Events = Events()
+        self._restarts = RestartWatch(self.device_name)
         self.boots = 0
         #: The acceleration of the last power-on (``accel: auto`` resolved).
         self.accel: str | None = None
@@ -117,7 +126,10 @@ class QemuBoard(Driver[QemuSettings]):
                 f"driver 'qemu' cannot restore with reset: {mode} (it can: {', '.join(self.restore_modes)})"
             )
         if mode == "snapshot" and self.is_running:
-            return self.restore_snapshot()
+            reason = self.restore_snapshot()
+            if reason is None:
+                self._expected_restart()
+            return reason
         self.reset()
         return None
 
@@ -139,7 +151,24 @@ class QemuBoard(Driver[QemuSettings]):
         # is readable by then: drop it, or it would look like the board is ready.
         self.wait_event("RESET", timeout=10.0, since=seen)
         console.drain(quiet=0.0, limit=0.5)
+        self._expected_restart()
         self._wait_ready("after system_reset")
+
+    def health(self) -> str | None:
+        if not self.started:
+            return None
+        if self.process is not None and self.process.qmp is not None:
+            # A QEMU killed a moment ago may not have exited yet; one that answers QMP is alive.
+            try:
+                self.process.qmp.execute("query-status", timeout=2.0)
+            except DriverError:
+                if not self.process.wait_exit(2.0):
+                    return "it does not answer QMP"
+        if self.process is not None and not self.is_running:
+            return self._exited("between tests").message.splitlines()[0]
+        if self._console is not None and self._console.fatal.last is not None:
+            return f"its console showed {self._console.fatal.last.pattern!r}"
+        return None
 
     # --- power -----------------------------------------------------------------------------------
 
@@ -157,6 +186,7 @@ class QemuBoard(Driver[QemuSettings]):
         accel: str = self.config.accel
         if accel == "auto":
             accel = ACCEL_CHOICES.choose(self.command_line("kvm"), self._boots_with_kvm)
+        self._check_files()  # a missing kernel is named as such, before the cache hashes it
         restored = self.warm.restore(accel)  # the booted state from the cache: no boot to wait for
         if not restored:
             self._launch(accel)
@@ -201,14 +231,43 @@ class QemuBoard(Driver[QemuSettings]):
     @property
     def uboot(self) -> UBootShell:
         """The U-Boot helper on the console (``interrupt()``, ``run(cmd)``)."""
-        return UBootShell(self.console)
+        shell = self.console.shell
+        return (
+            shell if isinstance(shell, UBootShell) else UBootShell(self.console, self.config.shell_settings)
+        )
+
+    @property
+    def shell_settings(self) -> ShellSettings:
+        """The console shell's settings (prompt, login, fatal patterns, stages)."""
+        return self.config.shell_settings
+
+    def boot_to(self, stage: str) -> None:
+        """Bring the board to boot stage ``stage`` (``shell`` at power-on, or one of ``stages``)."""
+        _stages.boot_to(self, stage)
+
+    def _expected_restart(self) -> None:
+        """We restarted the board ourselves: old text and events are history, the first stage is back."""
+        if self._console is not None:
+            self._console.fatal.skip_seen()
+            self._console.shell = _stages.make_shell(self, self.shell_kind)
+        self.stage = self.shell_kind
+        self._restarts.expected(self.events, self._console)
+
+    def _watch_events(self) -> BaseException | None:
+        """Console watch: a RESET or SHUTDOWN the board did not ask for ends a shell command at once."""
+        return self._restarts.news(self.events, self._console, self._gone_after_shutdown)
+
+    def _gone_after_shutdown(self) -> BaseException | None:
+        if self.process is not None and self.process.wait_exit(2.0):
+            return self._exited("while the console was in use")
+        return None
 
     def sync_console(self, timeout: float, command: str = "true") -> None:
         """Prove the shell answers, and leave the console just past its next prompt (as after boot)."""
-        if self.shell_kind == "uboot":
+        if self.stage == "uboot" or isinstance(self.console.shell, UBootShell):
             self.uboot.sync(timeout)
             return
-        result = LinuxShell(self.console).run(f"{command} >/dev/null 2>&1; true", timeout=timeout)
+        result = _stages.make_shell(self, "linux").run(f"{command} >/dev/null 2>&1; true", timeout=timeout)
         if result.status != 0:
             raise DriverError(self.device_name, f"the shell answered {command!r} with status {result.status}")
         if not self.config.ready:
@@ -221,6 +280,9 @@ class QemuBoard(Driver[QemuSettings]):
             self.uboot.interrupt(timeout)
         else:
             console.expect(self.ready_pattern, timeout=timeout)
+            if self.config.shell_settings.login is not None and self.shell_kind == "linux":
+                console.shell.login()
+        self._restarts.expected(self.events, self._console)  # a boot's RESETs (SeaBIOS's) are its own
         self.ctx.progress(f"{self.device_name}: ready {context}")
 
     def _drain_console(self) -> None:
@@ -399,18 +461,19 @@ class QemuBoard(Driver[QemuSettings]):
             )
             assert process.qmp is not None and process.console_sock is not None
             self.events = process.qmp.events
+            self._restarts = RestartWatch(self.device_name)
             self._console = Console(
                 SocketTransport(process.console_sock),
                 device=self.device_name,
                 timeout=self.config.console_timeout,
                 logfile_read=self.ctx.transcript,
-                fatal_patterns=LINUX_FATAL_PATTERNS if self.shell_kind == "linux" else (),
+                fatal_patterns=_stages.fatal_patterns(self.shell_kind, self.config.shell_settings),
                 on_eof=self._on_console_eof,
+                watch=self._watch_events,
                 on_timeout=self._on_console_timeout,
             )
-            self._console.shell = (
-                UBootShell(self._console) if self.shell_kind == "uboot" else LinuxShell(self._console)
-            )
+            self._console.shell = _stages.make_shell(self, self.shell_kind)
+            self.stage = self.shell_kind
             if incoming is not None:
                 receive_state(process.qmp, incoming, self.config.boot_timeout, self.device_name)
             self._net.read_forwards()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.shell_settings import ShellSettings, check_shell
 
 from .disks import DISK_NAME, Disk, DiskSettings, disk_shorthand, disks_shorthand
 from .network import UserNetwork, network_shorthand
@@ -41,8 +42,9 @@ _UNKNOWN_ARCH = ArchDefaults("", "", "ttyS0", "pci")
 
 
 @dataclass(frozen=True, kw_only=True)
-class QemuSettings:
-    """A QEMU board's settings (``driver: qemu``), typed, every default declared here once."""
+class QemuSettings(ShellSettings):
+    """A QEMU board's settings (``driver: qemu``), typed, every default declared here once; the
+    console shell's keys (prompt, login, fatal_patterns, stages...) come from :class:`ShellSettings`."""
 
     arch: str = setting("x86_64", doc="QEMU binary qemu-system-<arch>: x86_64, aarch64, arm, riscv64...")
     binary: str | None = setting(None, doc="the QEMU executable, if not qemu-system-<arch> on PATH")
@@ -102,6 +104,10 @@ class QemuSettings:
     )
 
     @property
+    def shell_settings(self) -> ShellSettings:
+        return self
+
+    @property
     def defaults(self) -> ArchDefaults:
         return ARCH_DEFAULTS.get(self.arch, _UNKNOWN_ARCH)
 
@@ -146,6 +152,7 @@ def check(settings: QemuSettings) -> Iterable[tuple[str, str]]:
         yield "machine", f"arch {settings.arch!r} has no default machine: set machine"
     if settings.smp < 1:
         yield "smp", f"expected at least 1 CPU, found {settings.smp}"
+    yield from check_shell(settings, settings.shell)
     for name in settings.disks:
         if not DISK_NAME.fullmatch(name):
             yield "disks", f"disk name {name!r}: use letters, digits, - and _"

@@ -93,3 +93,34 @@ def test_a_composite_board_reboots_between_tests_and_reports_itself_off(
     # start, reboot before test 2, reboot before test 3, on() in test 3
     assert len(lab.pids()) == 4
     assert lab.alive() == []
+
+
+SHELL_TESTS = """
+import time
+import pytest
+from pytest_jumpstarter.errors import BoardPanic, BoardReset
+
+
+def test_the_board_shell_settings_reach_its_console(board):
+    # The target file's fatal pattern (hush drops the "" in the echo, so only the output matches).
+    with pytest.raises(BoardPanic, match="LAB-FATAL-123"):
+        board.console.run('echo LAB-FATAL-""123', timeout=30)
+    board.console.shell.interrupt(10)
+    # U-Boot's own fatal patterns come with shell: uboot: a reset under a command ends it at once.
+    start = time.monotonic()
+    with pytest.raises(BoardReset, match="the board reset while running 'reset'"):
+        board.console.run("reset", timeout=30)
+    assert time.monotonic() - start < 1  # the timeout is 30 s
+    board.console.shell.interrupt(30)
+    assert board.console.run("echo back").output == "back"
+    assert board.console.shell.line_limit == 300
+"""
+
+
+def test_a_composite_board_takes_the_shell_settings(pytester: pytest.Pytester, lab: Lab) -> None:
+    shell = "    fatal_patterns: ['LAB-FATAL-[0-9]+']\n    prompt: '=> '\n    line_limit: 300\n"
+    pytester.makefile(".yaml", target=lab.target(shell))
+    pytester.makepyfile(test_shell=SHELL_TESTS)
+    result = pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert lab.alive() == []

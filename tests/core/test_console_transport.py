@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pytest_jumpstarter import Console, ConsoleTimeout, SocketTransport
-from pytest_jumpstarter import console as console_module
+from pytest_jumpstarter import transports as console_module
 
 
 class RecordingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]

@@ -148,7 +148,9 @@ CASES = [
         "wrong-reset",
         "t.yaml",
         "name: t\ndevices:\n  rec: {driver: rec, reset: reflash}\n",
-        ["t.yaml:3: devices.rec.reset: expected one of 'none', 'reboot', 'snapshot', found string 'reflash'"],
+        [
+            "t.yaml:3: devices.rec.reset: expected one of 'none', 'reboot', 'snapshot', 'on-failure', found string 'reflash'"
+        ],
     ),
     (
         "missing-required-setting",

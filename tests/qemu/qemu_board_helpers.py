@@ -32,8 +32,8 @@ def uboot_settings(images: Images, **more: Any) -> dict[str, Any]:
     return {"arch": "aarch64", "bios": str(images.uboot_arm64), "shell": "uboot", "memory": "512M", **more}
 
 
-def qemu_pids() -> set[int]:
-    """PIDs of every qemu-system process on the machine."""
+def qemu_pids(marker: str = "") -> set[int]:
+    """PIDs of every qemu-system process on the machine (with ``marker`` in its command line)."""
     pids = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -41,6 +41,13 @@ def qemu_pids() -> set[int]:
                 comm = Path(f"/proc/{entry}/comm").read_text().strip()
             except OSError:
                 continue
-            if comm.startswith("qemu-system"):
+            if comm.startswith("qemu-system") and (not marker or marker.encode() in _cmdline(entry)):
                 pids.add(int(entry))
     return pids
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
