@@ -20,7 +20,8 @@ esac
 # driver (the demo board's dropbear-bin and openssh-sftp-server are only extracted by build-images).
 apt_packages=(qemu-system-x86 qemu-system-arm qemu-utils u-boot-qemu busybox-static socat cpio iproute2
               xz-utils zstd kmod ca-certificates
-              syslinux syslinux-common mtools dosfstools openssh-client)
+              syslinux syslinux-common mtools dosfstools openssh-client
+              chromium)   # headless: the pytest-html report is checked in a real browser
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -42,6 +43,10 @@ if ! .venv/bin/python -c "import pytest_jumpstarter, xdist, pytest_timeout, ruff
   echo "== installing pytest-jumpstarter into .venv"
   # [jumpstarter]: the Jumpstarter client stack, for driver: jumpstarter and its tests (real exporters).
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint,jumpstarter]'
+  # pytest-embedded beside us, for the coexistence test only: in a folder of its own, because in the
+  # venv its autouse fixtures would take part in every inner test run.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target .venv/compat \
+    'pytest-embedded>=2.9,<3'
   touch .venv/.installed
 fi
 

@@ -45,10 +45,10 @@ if TYPE_CHECKING:
         TransferError,
         TunnelError,
     )
-    from .lifecycle import Target
     from .plugin import device_fixture
     from .settings import Setting, SettingValueError, setting
     from .target import DeviceSpec, Redactor, TargetDescription, load_target, load_targets
+    from .target_fixture import Target
     from .uboot import UBootShell
 
 _WHERE = {
@@ -91,7 +91,7 @@ _WHERE = {
     "Setting": "settings",
     "SshError": "errors",
     "SocketTransport": "console",
-    "Target": "lifecycle",
+    "Target": "target_fixture",
     "TargetDescription": "target",
     "TargetError": "errors",
     "TransferError": "errors",

@@ -34,6 +34,7 @@ from .fatal import LINUX_FATAL_PATTERNS, FatalPattern, FatalScanner
 from .linux import LinuxShell
 from .shell import ANSI as _ANSI
 from .shell import RunResult
+from .timeouts import cap
 from .transports import SerialTransport, SocketTransport, Transport
 from .waiting import Deadline
 
@@ -170,11 +171,12 @@ class Console(SpawnBase):  # type: ignore[misc]
         async_: bool = False,
         **kw: Any,
     ) -> Any:
+        timeout = cap(self.timeout if timeout == -1 else timeout)  # within the test's pytest-timeout
         with self._diagnosed([getattr(p, "pattern", p) for p in pattern_list], timeout):
             width = _max_width(pattern_list)
             if width is not None and not async_ and not kw and searchwindowsize in (-1, None):
                 expecter = _WindowedExpecter(self, searcher_re(pattern_list), width)
-                return expecter.expect_loop(self.timeout if timeout == -1 else timeout)
+                return expecter.expect_loop(timeout)
             return super().expect_list(pattern_list, timeout, searchwindowsize, async_, **kw)
 
     def expect_exact(
@@ -185,6 +187,7 @@ class Console(SpawnBase):  # type: ignore[misc]
         async_: bool = False,
         **kw: Any,
     ) -> Any:
+        timeout = cap(self.timeout if timeout == -1 else timeout)
         with self._diagnosed(pattern_list, timeout):
             return super().expect_exact(pattern_list, timeout, searchwindowsize, async_, **kw)
 

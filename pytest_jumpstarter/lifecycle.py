@@ -9,6 +9,7 @@ resort, when the run ends, whether it ended normally, by a failure, Ctrl-C or SI
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -30,6 +31,8 @@ from .workfiles import owned_tempdir
 
 if TYPE_CHECKING:
     import pluggy
+
+    from .progress import TerminalProgress
 
 log = logging.getLogger("pytest_jumpstarter")
 
@@ -83,6 +86,7 @@ class DeviceManager:
         lock_dir: Path | None = None,
         lock_timeout: float | None = None,
         notify: Callable[[str], None] | None = None,
+        progress: TerminalProgress | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.hook = hook
@@ -102,6 +106,8 @@ class DeviceManager:
         self.lock_timeout = lock_timeout
         #: Shows a line to the user at once (the terminal reporter), e.g. who holds a device we wait for.
         self.notify = notify or (lambda text: log.warning("%s", text))
+        #: Boot and flash progress on the terminal (pytest_jumpstarter.progress); None: log records only.
+        self.terminal = progress
 
     # --- scopes --------------------------------------------------------------------------------
 
@@ -137,6 +143,17 @@ class DeviceManager:
                 self.notify(note)
                 item.add_report_section("teardown", "jumpstarter", note)
         self._stop_many([d for d in used.devices if d.spec.scope == "test" and self._is_live(d)], item)
+
+    def drop_kept(self, item: pytest.Item, why: str) -> None:
+        """Stop the kept devices ``item`` used that no ``reset:`` would make pristine (``reset: none``),
+        and those referring to them: the next test gets fresh ones.  (pytest_jumpstarter.timeouts)"""
+        used = item.stash.get(ITEM_DEVICES, None)
+        dirty = [d for d in used.devices if d.spec.reset == "none" and self._is_live(d)] if used else []
+        if not dirty:
+            return
+        note = f"{', '.join(d.spec.name for d in dirty)} stopped because {why}: the next test boots afresh"
+        item.add_report_section("teardown", "jumpstarter", note)
+        self._stop_many([d for x in dirty for d in (x, *self._dependents(x))], item)
 
     def stop_all(self) -> list[BaseException]:
         """Stop everything still running, newest first; return the errors instead of raising."""
@@ -285,7 +302,8 @@ class DeviceManager:
         if used is not None:
             self._begin(device, used)
         try:
-            driver.start()
+            with self.terminal.activity(spec.name, "starting") if self.terminal else contextlib.nullcontext():
+                driver.start()
         except BaseException:
             self._stop(device, item, notify=False)
             raise
@@ -317,6 +335,8 @@ class DeviceManager:
     def _progress(self, name: str) -> Callable[[str], None]:
         def progress(text: str) -> None:
             log.info("%s: %s", name, self.redact(text))
+            if self.terminal is not None:
+                self.terminal(name, self.redact(text))
 
         return progress
 
@@ -437,48 +457,3 @@ def _safe(text: str) -> str:
     """A file name from a node id or device name: no separators, no brackets, bounded length."""
     cleaned = _UNSAFE.sub("_", text).strip("_.") or "_"
     return cleaned[-150:]
-
-
-class Target:
-    """The target a test runs on (the ``target`` fixture): its name, labels and devices.
-
-    ``target.device(role)`` returns that device, started (or reset) for this test.
-    """
-
-    def __init__(self, description: TargetDescription, manager: DeviceManager, item: pytest.Item) -> None:
-        self.description = description
-        self._manager = manager
-        self._item = item
-
-    @property
-    def name(self) -> str:
-        return self.description.name
-
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return self.description.labels
-
-    @property
-    def devices(self) -> Mapping[str, DeviceSpec]:
-        """The devices this target describes, by name (not started: use :meth:`device`)."""
-        return self.description.devices
-
-    def has(self, role: str) -> bool:
-        """Whether some device serves ``role`` (or is named so)."""
-        try:
-            self.description.resolve(role)
-        except LookupError:
-            return False
-        return True
-
-    def device(self, role: str) -> Any:
-        """The device named ``role``, or the one device serving ``role``, started for this test."""
-        __tracebackhide__ = True
-        try:
-            name = self.description.resolve(role)
-        except LookupError as exc:
-            raise LookupError(f"target {self.name!r} ({self.description.source}): {exc}") from None
-        return self._manager.acquire(self._item, self.description, name)
-
-    def __repr__(self) -> str:
-        return f"<Target {self.name} devices={list(self.devices)}>"

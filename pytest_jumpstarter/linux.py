@@ -7,6 +7,7 @@ import time
 
 from .errors import DriverError
 from .shell import RunResult, Shell, clean
+from .timeouts import cap
 from .waiting import Deadline
 
 #: A login prompt where a shell prompt was expected: the shell exited, or the board rebooted.
@@ -37,7 +38,7 @@ class LinuxShell(Shell):
                 f"command of {len(command)} characters: the shell takes at most {self.line_limit}",
             )
         token = self._token()
-        seconds = console.timeout if timeout is None else timeout
+        seconds = cap(console.timeout if timeout is None else timeout) or 0.0  # within pytest-timeout's
         deadline = Deadline(seconds, f"the end of command {command!r}")
         # Two bounded patterns rather than one spanning the output: a long output is then searched
         # in a window (see expecter._WindowedExpecter), not re-searched whole after every read.

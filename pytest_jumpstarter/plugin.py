@@ -19,16 +19,19 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .cacheopts import add_cache_options, cache_options
+from .cacheopts import cache_options
 
 if TYPE_CHECKING:
     from .driver import Driver
-    from .lifecycle import DeviceManager, Target
+    from .lifecycle import DeviceManager
     from .target import Redactor, TargetDescription
+    from .target_fixture import Target
 
 ENV_VAR = "JUMPSTARTER_TARGET"
-INI_TARGETS = "jumpstarter_targets"
+INI_TARGETS = "jumpstarter_targets"  # the older ini key; jumpstarter_target is the option's name
 TARGET_FIXTURE = "_jumpstarter_target"
+#: Every device test uses this fixture (the device fixtures and ``target`` depend on it).
+DEVICE_TEST = "jumpstarter_target"
 HOW_TO_ENABLE = (
     "needs a target: pass --target=board.yaml, set JUMPSTARTER_TARGET=board.yaml, "
     "or list files under jumpstarter_targets in the ini file"
@@ -60,55 +63,23 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("jumpstarter", "hardware-in-the-loop targets (pytest-jumpstarter)")
-    group.addoption(
-        "--target",
-        action="append",
-        dest="jumpstarter_target",
-        default=[],
-        metavar="FILE",
-        help="target description (YAML or ini); repeat to run each device test once per target. "
-        f"Default: ${ENV_VAR} (paths separated by '{os.pathsep}'), then the {INI_TARGETS} ini option.",
-    )
-    group.addoption(
-        "--jumpstarter-list",
-        action="store_true",
-        dest="jumpstarter_list",
-        help="list the targets, their devices and labels, and which collected tests run on each; run nothing",
-    )
-    group.addoption(
-        "--jumpstarter-logdir",
-        dest="jumpstarter_logdir",
-        metavar="DIR",
-        default=None,
-        help="where per-test console logs go (DIR/<test id>/<device>.log); default: under pytest's basetemp",
-    )
-    group.addoption(
-        "--jumpstarter-lock-dir",
-        dest="jumpstarter_lock_dir",
-        metavar="DIR",
-        default=None,
-        help="where leases of exclusive devices live, shared by every run that may use them "
-        "(default: $JUMPSTARTER_LOCK_DIR, else /tmp/pytest-jumpstarter-locks)",
-    )
-    group.addoption(
-        "--jumpstarter-lock-timeout",
-        dest="jumpstarter_lock_timeout",
-        metavar="SECONDS",
-        type=float,
-        default=None,
-        help="how long to wait for an exclusive device another run holds before the test errors "
-        "(default: the device's lock_timeout, else 300)",
-    )
-    parser.addini(
-        INI_TARGETS, "target description files (relative to the ini file)", type="linelist", default=[]
-    )
-    add_cache_options(parser, group)
+    from .options import add_options
+
+    add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    from .options import add_short_target
+
+    add_short_target(early_config, parser, args)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    if config.option.jumpstarter_list and getattr(config.option, "dist", "no") != "no":
+    if _listing(config) and getattr(config.option, "dist", "no") != "no":
         # Listing happens where the tests are collected: in this process, not in xdist workers.
         config.option.dist = "no"
         config.option.numprocesses = None
@@ -116,6 +87,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "xdist_group(name): tests of one group run on one xdist worker")
     config.addinivalue_line(
         "markers",
         "boot_stage(name): bring each device the test gets that has boot stages to stage `name` first",
@@ -126,11 +98,14 @@ def pytest_configure(config: pytest.Config) -> None:
         '(a label may list acceptable values: arch=("x86_64", "aarch64")); it runs once per fitting target',
     )
     from .families import register_families
+    from .options import TARGET_OWNER
 
+    if TARGET_OWNER not in config.stash:
+        config.pluginmanager.register(ShortTargetFixture(), "jumpstarter-target-fixture")
     # Always: the families define device fixtures, which must exist for a device test to skip.
     family_notes = register_families(config.pluginmanager)
     paths = _target_paths(config)
-    if not paths and not config.option.jumpstarter_list:
+    if not paths and not _listing(config):
         return
     from .target import Redactor
 
@@ -138,6 +113,11 @@ def pytest_configure(config: pytest.Config) -> None:
     redact = Redactor(v for t in targets for v in t.secret_values)
     run = Run(targets=targets, drivers=drivers, redact=redact, sources=[d for _, d in paths])
     config.stash[RUN] = run
+    from .reporting import ReportPlugin
+    from .timeouts import TimeoutPlugin
+
+    config.pluginmanager.register(ReportPlugin(run, config), "jumpstarter-reports")
+    config.pluginmanager.register(TimeoutPlugin(run), "jumpstarter-timeouts")
     if targets:
         _prepare_folders(config, targets)
     if targets and threading.current_thread() is threading.main_thread():
@@ -173,6 +153,12 @@ def _load_targets(
         raise pytest.UsageError(str(exc)) from None
 
 
+def _listing(config: pytest.Config) -> bool:
+    from .options import value
+
+    return bool(value(config, "jumpstarter_list"))
+
+
 def _prepare_folders(config: pytest.Config, targets: list[TargetDescription]) -> None:
     """Sweep what dead runs left in the temp folders; a log or lock folder we cannot use is a usage error now,
     not an OSError in the middle of a test."""
@@ -180,7 +166,9 @@ def _prepare_folders(config: pytest.Config, targets: list[TargetDescription]) ->
     from .workfiles import check_run_folders, sweep
 
     sweep()
-    logdir: str | None = config.option.jumpstarter_logdir
+    from .options import value
+
+    logdir: str | None = value(config, "jumpstarter_logdir")
     exclusive = any(spec.exclusive for t in targets for spec in t.devices.values())
     try:
         check_run_folders(
@@ -192,7 +180,9 @@ def _prepare_folders(config: pytest.Config, targets: list[TargetDescription]) ->
 
 
 def _lock_dir(config: pytest.Config) -> Path | None:
-    given = config.option.jumpstarter_lock_dir or os.environ.get("JUMPSTARTER_LOCK_DIR")
+    from .options import value
+
+    given = value(config, "jumpstarter_lock_dir") or os.environ.get("JUMPSTARTER_LOCK_DIR")
     return Path(given).resolve() if given else None
 
 
@@ -246,7 +236,7 @@ def _target_paths(config: pytest.Config) -> list[tuple[Path, str]]:
     env = os.environ.get(ENV_VAR, "")
     if env.strip():
         return [(here / g, g) for g in env.split(os.pathsep) if g.strip()]
-    listed = config.getini(INI_TARGETS)
+    listed = config.getini("jumpstarter_target") or config.getini(INI_TARGETS)
     if listed:
         base = config.inipath.parent if config.inipath else config.rootpath
         return [(base / g, g) for g in listed]
@@ -254,13 +244,16 @@ def _target_paths(config: pytest.Config) -> list[tuple[Path, str]]:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    from .options import header_note
+
+    note = header_note(config)
     run = config.stash.get(RUN, None)
     if run is None or not run.targets:
-        return None
+        return [note] if note else None
     shown = ", ".join(
         f"{t.name} ({src}, {len(t.devices)} devices)" for t, src in zip(run.targets, run.sources, strict=True)
     )
-    return [f"jumpstarter targets: {shown}"]
+    return [f"jumpstarter targets: {shown}", *([note] if note else [])]
 
 
 # --- which tests need which target ------------------------------------------------------------------
@@ -284,19 +277,36 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(TARGET_FIXTURE, params, indirect=True, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Before -m deselects: a test that uses a device fixture is a device test, marked or not.
+    for item in items:
+        if item.get_closest_marker("device") is None and DEVICE_TEST in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
     run = config.stash.get(RUN, None)
     if run is not None and run.targets:
+        _add_xdist_groups(run, items)
         return
     skip = pytest.mark.skip(reason=HOW_TO_ENABLE)
     for item in items:
-        if item.get_closest_marker("device") is not None or "target" in getattr(item, "fixturenames", ()):
+        if item.get_closest_marker("device") is not None:
             item.add_marker(skip)
+
+
+def _add_xdist_groups(run: Run, items: list[pytest.Item]) -> None:
+    from .selection import xdist_group
+
+    targets = {t.name: t for t in run.targets}
+    for item in items:
+        name = getattr(getattr(item, "callspec", None), "params", {}).get(TARGET_FIXTURE)
+        group = xdist_group(item, targets[name]) if name in targets else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
-    if not session.config.option.jumpstarter_list:
+    if not _listing(session.config):
         return None
     run = session.config.stash.get(RUN, None)
     from .listing import render
@@ -321,7 +331,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if config.option.jumpstarter_list and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+    if _listing(config) and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK
     run = config.stash.get(RUN, None)
     if run is not None and run.manager is not None:
@@ -377,8 +387,10 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
     run = config.stash[RUN]
     if run.manager is None:
         from .lifecycle import DeviceManager
+        from .options import value
+        from .progress import TerminalProgress
 
-        logdir: str | None = config.option.jumpstarter_logdir
+        logdir: str | None = value(config, "jumpstarter_logdir")
 
         def make_logdir() -> Path:
             if logdir:
@@ -394,8 +406,9 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             make_logdir,
             extra={**({"worker": worker} if worker else {}), **cache_options(config)},
             lock_dir=_lock_dir(config),
-            lock_timeout=config.option.jumpstarter_lock_timeout,
+            lock_timeout=value(config, "jumpstarter_lock_timeout"),
             notify=lambda text: _tell(config, text),
+            progress=TerminalProgress(config, value(config, "jumpstarter_progress")),
         )
     return run.manager
 
@@ -412,6 +425,8 @@ def _tell(config: pytest.Config, text: str) -> None:
             sys.stderr.write(f"jumpstarter: {text}\n")
             sys.stderr.flush()
         else:
+            if getattr(reporter, "_tw", None) is not None and reporter._tw.width_of_current_line:
+                reporter.write("\n")  # after a test's result dot: write_line only knows its own lines
             reporter.write_line(f"jumpstarter: {text}", yellow=True)
 
 
@@ -427,13 +442,16 @@ def _jumpstarter_target(request: pytest.FixtureRequest) -> TargetDescription | N
 
 
 @pytest.fixture
-def target(
+def jumpstarter_target(
     request: pytest.FixtureRequest, _jumpstarter_target: TargetDescription | None
 ) -> Generator[Target]:
-    """The target this test runs on; ``target.device(role)`` starts a device for the test."""
+    """The target this test runs on; ``jumpstarter_target.device(role)`` starts a device for the test.
+
+    Also ``target``, unless another plugin (pytest-embedded) owns that name.
+    """
     if _jumpstarter_target is None:
         pytest.skip(HOW_TO_ENABLE)
-    from .lifecycle import Target
+    from .target_fixture import Target
 
     manager = _manager(request.config, request)
     item = request.node
@@ -442,6 +460,15 @@ def target(
         yield Target(_jumpstarter_target, manager, item)
     finally:
         manager.finish_test(item)
+
+
+class ShortTargetFixture:
+    """The ``target`` fixture, registered only when this plugin owns ``--target`` (see options)."""
+
+    @pytest.fixture
+    def target(self, jumpstarter_target: Target) -> Target:
+        """The target this test runs on (the same as ``jumpstarter_target``)."""
+        return jumpstarter_target
 
 
 def device_fixture(role: str, *, name: str | None = None, doc: str | None = None) -> Any:
@@ -454,9 +481,9 @@ def device_fixture(role: str, *, name: str | None = None, doc: str | None = None
     """
     from .selection import ROLE_ATTRIBUTE
 
-    def fixture(target: Target) -> Any:
+    def fixture(jumpstarter_target: Target) -> Any:
         __tracebackhide__ = True
-        return target.device(role)
+        return jumpstarter_target.device(role)
 
     fixture.__name__ = name or role
     fixture.__doc__ = doc or f"The device serving role {role!r} on the current target, started for this test."

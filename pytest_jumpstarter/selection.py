@@ -88,4 +88,38 @@ def fixture_roles(metafunc: pytest.Metafunc) -> list[str]:
 
 
 def is_device_test(markers: Sequence[pytest.Mark], fixturenames: Iterable[str]) -> bool:
-    return bool(markers) or "target" in fixturenames
+    return bool(markers) or "jumpstarter_target" in fixturenames
+
+
+def item_roles(item: pytest.Item) -> list[str]:
+    """The roles ``item`` needs: its ``device`` markers' and its device fixtures'."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs: Mapping[str, Sequence[Any]] = getattr(info, "name2fixturedefs", {})
+    roles = [r for name in getattr(item, "fixturenames", ()) for r in _role_of(defs.get(name))]
+    return list(needs(item.iter_markers("device"), roles).roles)
+
+
+def _role_of(fixturedefs: Sequence[Any] | None) -> list[str]:
+    role = getattr(fixturedefs[-1].func, ROLE_ATTRIBUTE, None) if fixturedefs else None
+    return [role] if role is not None else []
+
+
+def xdist_group(item: pytest.Item, target: TargetDescription) -> str | None:
+    """The ``--dist loadgroup`` group of a test on ``target``: tests that share a kept device or an
+    exclusive one go to the same worker, so it boots once and nobody waits for its lease."""
+    names: list[str] = []
+    for role in item_roles(item):
+        try:
+            names.extend(target.start_order(target.resolve(role)))
+        except LookupError:
+            continue
+    specs = [target.devices[n] for n in dict.fromkeys(names)]
+    if any(s.scope == "session" for s in specs):
+        return f"jumpstarter:{target.name}"
+    exclusive = sorted(s.lock or f"{target.name}/{s.name}" for s in specs if s.exclusive)
+    if exclusive:
+        return f"jumpstarter:{exclusive[0]}"
+    if any(s.scope == "module" for s in specs):
+        module = item.getparent(pytest.Module)
+        return f"jumpstarter:{target.name}:{module.nodeid if module else ''}"
+    return None

@@ -14,6 +14,7 @@ from typing import ClassVar
 from .errors import BoardReset, ConsoleTimeout, DriverError
 from .fatal import UBOOT_FATAL, FatalPattern
 from .shell import RunResult, Shell, clean
+from .timeouts import cap
 from .waiting import Deadline
 
 #: hush's continuation prompt: the line is not finished (an open quote, a trailing ``&&``).
@@ -129,6 +130,7 @@ class UBootShell(Shell):
         self, command: str, line: str, marker: str, end: str, one_line: bool, blank: bool, seconds: float
     ) -> RunResult:
         console = self.console
+        seconds = cap(seconds) or 0.0  # within the test's pytest-timeout budget
         deadline = Deadline(seconds, f"the end of U-Boot command {command!r}")
         with (
             console.watched(),

@@ -115,8 +115,14 @@ class FlasherDriver(Driver[FS]):
     role = "flasher"
     #: The storage written when ``flash()`` is given no target.
     default_storage: ClassVar[str] = "disk"
+    #: Every image flashed since start, with its checksum and where it went (for the test reports).
+    flashed: tuple[str, ...] = ()
 
     # --- what a method provides ---------------------------------------------------------------
+
+    def report_properties(self) -> dict[str, str]:
+        """The images flashed since start, with their checksums (a property of each test's report)."""
+        return {"flash": "; ".join(self.flashed)} if self.flashed else {}
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -212,6 +218,8 @@ class FlasherDriver(Driver[FS]):
         duration = time.monotonic() - start
         size = image.digest.size
         progress.finish(size, ", verified" if verify else ", not verified")
+        # What the test reports say this device wrote (pytest_jumpstarter.reporting.ReportsProperties).
+        self.flashed = (*self.flashed, f"{image.name} {image.digest.checksum} -> {dest.name}")
         return FlashResult(
             method=self.name,
             target=dest.name,

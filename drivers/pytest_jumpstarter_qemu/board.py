@@ -39,7 +39,7 @@ from .network import UserNet
 from .qmp import Events, Qmp
 from .restarts import RestartWatch
 from .snapshot import SNAPSHOT_TAG, Snapshots
-from .supervisor import QemuProcess
+from .supervisor import QemuProcess, process_memory
 from .warm import WarmStart, receive_state
 
 __all__ = ["LINUX_PROMPT", "SNAPSHOT_TAG", "QemuBoard"]
@@ -84,10 +84,13 @@ class QemuBoard(Driver[QemuSettings]):
         self.events: Events = Events()
         self._restarts = RestartWatch(self.device_name)
         self.boots = 0
+        #: Screenshots taken (names the files).
+        self.shots = 0
         #: The acceleration of the last power-on (``accel: auto`` resolved).
         self.accel: str | None = None
         #: Seconds of the last power-on: "launch" (process start to the guest running), "ready" (to ready).
         self.timings: dict[str, float] = {}
+        self._shots = 0  # screenshots taken (for their default file names)
 
     # --- lifecycle (the plugin's) ----------------------------------------------------------------
 
@@ -322,6 +325,18 @@ class QemuBoard(Driver[QemuSettings]):
         """Wait for the QMP event ``name`` (``self.events`` keeps all of them since power-on)."""
         return self.events.wait(name, timeout, since, self.device_name)
 
+    # --- display (display: true) -----------------------------------------------------------------
+
+    @property
+    def has_display(self) -> bool:
+        return self.config.display
+
+    def screenshot(self, path: Path | None = None) -> Path:
+        """The screen as a PNG at ``path`` (default: a new file in the device's folder)."""
+        from .screen import board_screenshot
+
+        return board_screenshot(self, path)
+
     def _require_qmp(self, what: str) -> Qmp:
         process = self.process
         if process is None or process.qmp is None or not process.running:
@@ -379,17 +394,7 @@ class QemuBoard(Driver[QemuSettings]):
     def rss(self, peak: bool = False) -> int | None:
         """QEMU's resident memory in bytes (``VmRSS``, or its peak ``VmHWM``); None while off."""
         pid = self.pid
-        if pid is None:
-            return None
-        field = "VmHWM:" if peak else "VmRSS:"
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                for line in status:
-                    if line.startswith(field):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
+        return None if pid is None else process_memory(pid, peak)
 
     # --- networking ------------------------------------------------------------------------------
 
@@ -440,13 +445,9 @@ class QemuBoard(Driver[QemuSettings]):
         return command_line(self.config, run, accel)
 
     def _check_files(self) -> None:
-        for key, path in self.config.files.items():
-            if path and not path.exists():
-                hint = " (run scripts/build-images)" if "pytest-jumpstarter/images" in str(path) else ""
-                raise DriverError(
-                    self.device_name,
-                    f"{key} file {path} does not exist (setting {key} in {self.ctx.source}){hint}",
-                )
+        missing = self.config.missing_file(self.ctx.source)
+        if missing is not None:
+            raise DriverError(self.device_name, missing)
 
     def _launch(self, accel: str, incoming: Path | None = None) -> None:
         """Start QEMU paused, connect its console and QMP, let it run.  On any failure nothing is left.

@@ -76,6 +76,10 @@ def command_line(config: QemuConfig, run: RunFiles, accel: str = "tcg") -> list[
     for disk in run.disks:
         cmd += ["-drive", f"if=none,id=disk-{disk.name},format={disk.format},file={disk.path}",
                 "-device", f"virtio-blk-{defaults.bus},drive=disk-{disk.name}"]  # fmt: skip
+    if config.display:
+        from .screen import display_args
+
+        cmd += display_args(defaults.bus)
     cmd += config.extra_args
     return cmd
 

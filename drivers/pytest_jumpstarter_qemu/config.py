@@ -102,6 +102,9 @@ class QemuSettings(ShellSettings):
     cache: bool = setting(
         True, doc="keep the booted state across runs (--jumpstarter-cache); false: always boot cold"
     )
+    display: bool = setting(
+        False, doc="a display (VGA, or virtio-gpu on virt): screenshot(), and a PNG in a failed test's report"
+    )
 
     @property
     def shell_settings(self) -> ShellSettings:
@@ -127,6 +130,14 @@ class QemuSettings(ShellSettings):
     def disk_list(self) -> dict[str, Disk]:
         """A fresh per-run :class:`Disk` for each ``disks`` entry (files not made yet)."""
         return {name: spec.disk(name) for name, spec in self.disks.items()}
+
+    def missing_file(self, source: str) -> str | None:
+        """Why the board cannot start for want of a file (kernel, initrd, dtb, bios), or None."""
+        for key, path in self.files.items():
+            if path and not path.exists():
+                hint = " (run scripts/build-images)" if "pytest-jumpstarter/images" in str(path) else ""
+                return f"{key} file {path} does not exist (setting {key} in {source}){hint}"
+        return None
 
     @property
     def files(self) -> dict[str, Path | None]:

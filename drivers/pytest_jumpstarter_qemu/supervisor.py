@@ -195,3 +195,16 @@ class QemuProcess:
         if self.sockdir is not None:
             shutil.rmtree(self.sockdir, ignore_errors=True)
             self.sockdir = None
+
+
+def process_memory(pid: int, peak: bool = False) -> int | None:
+    """A process's resident memory in bytes (``VmRSS``, or its peak ``VmHWM``); None if it is gone."""
+    field = "VmHWM:" if peak else "VmRSS:"
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
