@@ -285,7 +285,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.device)
     run = config.stash.get(RUN, None)
     if run is not None and run.targets:
-        _add_xdist_groups(run, items)
         return
     skip = pytest.mark.skip(reason=HOW_TO_ENABLE)
     for item in items:
@@ -293,15 +292,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _add_xdist_groups(run: Run, items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # The xdist_group of a test that shares a kept or exclusive device: added as the item is
+    # collected, since xdist reads it in its own pytest_collection_modifyitems (--dist loadgroup),
+    # which may run before ours.
+    run = item.config.stash.get(RUN, None)
+    if run is None or not run.targets:
+        return
     from .selection import xdist_group
 
-    targets = {t.name: t for t in run.targets}
-    for item in items:
-        name = getattr(getattr(item, "callspec", None), "params", {}).get(TARGET_FIXTURE)
-        group = xdist_group(item, targets[name]) if name in targets else None
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    name = getattr(getattr(item, "callspec", None), "params", {}).get(TARGET_FIXTURE)
+    target = next((t for t in run.targets if t.name == name), None)
+    group = xdist_group(item, target) if target is not None else None
+    if group is not None:
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(tryfirst=True)
