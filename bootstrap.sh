@@ -45,8 +45,9 @@ if ! .venv/bin/python -c "import pytest_jumpstarter, xdist, pytest_timeout, ruff
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,lint,jumpstarter]'
   # pytest-embedded beside us, for the coexistence test only: in a folder of its own, because in the
   # venv its autouse fixtures would take part in every inner test run.
+  # Its dependencies other than pytest and pexpect (which the venv has) go there too.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target .venv/compat \
-    'pytest-embedded>=2.9,<3'
+    'pytest-embedded>=2.9,<3' 'filelock>=3.12.2'
   touch .venv/.installed
 fi
 

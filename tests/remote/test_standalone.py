@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_same_examples_pass_on_the_local_board_and_the_leased_one(pytester, demo
     monkeypatch.setenv("JUMPSTARTER_EXPORTER", address)
     # pytester gives the run its own HOME: point the local board at the real image cache.
     monkeypatch.setenv("JUMPSTARTER_IMAGES", str(BOOTDISK.parent.parent))
+    junit = pytester.path / "ladder.xml"
     result = pytester.runpytest_subprocess(
         str(EXAMPLES / "test_qemu_examples.py"),
         str(EXAMPLES / "test_network_examples.py"),
@@ -49,14 +51,23 @@ def test_same_examples_pass_on_the_local_board_and_the_leased_one(pytester, demo
         "-p",
         "no:cacheprovider",
         f"--jumpstarter-lock-dir={pytester.path / 'locks'}",
+        f"--junitxml={junit}",
     )
+    # Outcomes from the JUnit file: the terminal's lines also carry progress notices.
     outcomes: dict[str, dict[str, str]] = {"qemu-x86_64": {}, "jumpstarter-qemu": {}}
-    for line in result.outlines:
-        for target in outcomes:
-            marker = f"[{target}] "
-            if "::" in line and marker in line:
-                test = line.split("::", 1)[1].split("[", 1)[0]
-                outcomes[target][test] = line.split(marker, 1)[1].split()[0]
+    for case in ET.parse(junit).iter("testcase"):
+        test, _, rest = case.get("name", "").partition("[")
+        target = rest.rstrip("]")
+        if target in outcomes:
+            kinds = {child.tag for child in case}
+            outcomes[target][test] = next(
+                (
+                    word
+                    for tag, word in (("failure", "FAILED"), ("error", "ERROR"), ("skipped", "SKIPPED"))
+                    if tag in kinds
+                ),
+                "PASSED",
+            )
     local, remote = outcomes["qemu-x86_64"], outcomes["jumpstarter-qemu"]
     assert local and set(local) == set(remote), result.stdout.str()
     differ = {t: (local[t], remote[t]) for t in local if local[t] != remote[t]}
