@@ -10,7 +10,7 @@ module is kept cheap to import and loads its drivers only when asked for them, w
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,19 @@ class DriverRef:
         if not (isinstance(cls, type) and issubclass(cls, Driver)) or cls.name != self.name:
             raise TypeError(f"{self.path} is not a Driver subclass named {self.name!r}")
         return cls
+
+
+def lazy_exports(package: str, where: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for a family's top module: ``name`` is imported from its submodule
+    ``where[name]`` on first use, so importing the family (at every pytest start) stays cheap."""
+
+    def __getattr__(name: str) -> Any:
+        module = where.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f".{module}", package), name)
+
+    return __getattr__
 
 
 def register_families(pm: pytest.PytestPluginManager) -> list[str]:

@@ -10,14 +10,13 @@ xdist controller and JUnit XML too); the terminal summary shows one line per boa
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_jumpstarter import device_fixture
-from pytest_jumpstarter.families import DriverRef
+from pytest_jumpstarter.families import DriverRef, lazy_exports
 
 if TYPE_CHECKING:
     from pytest_jumpstarter.driver import Driver
@@ -35,11 +34,7 @@ _BOARDS: pytest.StashKey[list[QemuBoard]] = pytest.StashKey()
 qemu_vm = device_fixture("qemu_vm", doc="The QEMU board (driver qemu) of the current target.")
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{where}", __name__), name)
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 @pytest.hookimpl

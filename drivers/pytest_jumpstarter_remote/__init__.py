@@ -7,12 +7,11 @@ Registering costs nothing: the driver modules load with a target, and the Jumpst
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_jumpstarter.families import DriverRef
+from pytest_jumpstarter.families import DriverRef, lazy_exports
 
 if TYPE_CHECKING:
     from .driver import JumpstarterBoard
@@ -30,8 +29,4 @@ def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
     ]
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{where}", __name__), name)
+__getattr__ = lazy_exports(__name__, _WHERE)

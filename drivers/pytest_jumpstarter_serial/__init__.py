@@ -6,13 +6,12 @@ module is cheap (pytest does at every start, for the fixture); the driver loads 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pytest_jumpstarter import device_fixture
-from pytest_jumpstarter.families import DriverRef
+from pytest_jumpstarter.families import DriverRef, lazy_exports
 
 if TYPE_CHECKING:
     from .driver import SerialConsole
@@ -28,8 +27,4 @@ def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
     return [DriverRef("serial", "pytest_jumpstarter_serial.driver:SerialConsole")]
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{where}", __name__), name)
+__getattr__ = lazy_exports(__name__, _WHERE)

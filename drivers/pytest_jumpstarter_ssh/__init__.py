@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_jumpstarter import device_fixture
+from pytest_jumpstarter.families import lazy_exports
 
 if TYPE_CHECKING:
     from pytest_jumpstarter.driver import Driver
@@ -39,12 +40,7 @@ ssh_fixture = device_fixture("ssh", doc="The SSH shell (driver ssh) of the curre
 files_fixture = device_fixture("files", doc="Verified put/get (driver files) for the current target's board.")
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+__getattr__ = lazy_exports(__name__, _WHERE)
 
 
 @pytest.hookimpl
