@@ -113,9 +113,11 @@ def pytest_configure(config: pytest.Config) -> None:
     redact = Redactor(v for t in targets for v in t.secret_values)
     run = Run(targets=targets, drivers=drivers, redact=redact, sources=[d for _, d in paths])
     config.stash[RUN] = run
+    from .groups import GroupPlugin
     from .reporting import ReportPlugin
     from .timeouts import TimeoutPlugin
 
+    config.pluginmanager.register(GroupPlugin(run), "jumpstarter-groups")
     config.pluginmanager.register(ReportPlugin(run, config), "jumpstarter-reports")
     config.pluginmanager.register(TimeoutPlugin(run), "jumpstarter-timeouts")
     if targets:
@@ -290,22 +292,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("device") is not None:
             item.add_marker(skip)
-
-
-def pytest_itemcollected(item: pytest.Item) -> None:
-    # The xdist_group of a test that shares a kept or exclusive device: added as the item is
-    # collected, since xdist reads it in its own pytest_collection_modifyitems (--dist loadgroup),
-    # which may run before ours.
-    run = item.config.stash.get(RUN, None)
-    if run is None or not run.targets:
-        return
-    from .selection import xdist_group
-
-    name = getattr(getattr(item, "callspec", None), "params", {}).get(TARGET_FIXTURE)
-    target = next((t for t in run.targets if t.name == name), None)
-    group = xdist_group(item, target) if target is not None else None
-    if group is not None:
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(tryfirst=True)

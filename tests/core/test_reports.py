@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -320,25 +321,59 @@ def test_progress_says_each_device_once_and_nothing_with_q(rec_pytester: pytest.
     tty.stdout.fnmatch_lines(["jumpstarter: rec: writing 50%"])
 
 
-@pytest.mark.xfail(
-    reason="the xdist_group markers are on the items, but xdist 3.8 does not add the @group to their "
-    "node ids here, so --dist loadgroup spreads the group (seen in 3 of 4 runs): not solved yet",
-    strict=False,
-)
-def test_loadgroup_sends_tests_of_a_kept_board_to_one_worker(rec_pytester: pytest.Pytester) -> None:
-    write(
-        rec_pytester,
-        "t.yaml",
-        "name: t\ndevices:\n  rec: {driver: rec, scope: session}\n  spare: {driver: other}\n",
+LOADGROUP_TARGET = """name: t
+devices:
+  rec: {driver: rec, scope: session}
+  mod: {driver: other, role: mod, scope: module}
+  leased: {driver: other, role: leased, exclusive: true}
+  spare: {driver: other}
+"""
+
+
+def loadgroup_tests(module: str) -> str:
+    tests = [
+        f"@pytest.mark.device('mod')\ndef test_{module}_mod_{i}(jumpstarter_target):\n"
+        "    jumpstarter_target.device('mod')\n"
+        for i in range(3)
+    ]
+    if module == "a":
+        tests += [f"def test_kept_{i}(rec):\n    pass\n" for i in range(4)]
+        tests += [f"def test_free_{i}(other):\n    pass\n" for i in range(4)]
+        tests += [
+            f"@pytest.mark.device('leased')\ndef test_leased_{i}(jumpstarter_target):\n"
+            "    jumpstarter_target.device('leased')\n"
+            for i in range(3)
+        ]
+    return "import pytest\n\n" + "\n".join(tests)
+
+
+def test_loadgroup_keeps_a_kept_or_exclusive_board_on_one_worker(rec_pytester: pytest.Pytester) -> None:
+    write(rec_pytester, "t.yaml", LOADGROUP_TARGET)
+    rec_pytester.makepyfile(test_a=loadgroup_tests("a"), test_b=loadgroup_tests("b"))
+    result = rec_pytester.runpytest(
+        "--target=t.yaml",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        "-v",
+        "--junitxml=out.xml",
+        "--jumpstarter-lock-dir=locks",
     )
-    rec_pytester.makepyfile(
-        "\n".join(
-            f"def test_kept_{i}(rec):\n    pass\n\ndef test_free_{i}(other):\n    pass\n" for i in range(4)
-        )
-    )
-    result = rec_pytester.runpytest("--target=t.yaml", "-n", "2", "--dist", "loadgroup")
-    result.assert_outcomes(passed=8)
-    assert events(rec_pytester).count("start t/rec") == 1
+    result.assert_outcomes(passed=17)
+    worker: dict[str, str] = {}
+    for line in result.stdout.lines:
+        found = re.match(r"\[(gw\d+)\] \[ *\d+%\] PASSED \S+::(\S+)", line)
+        if found:
+            worker[found[2]] = found[1]
+    assert len(worker) == 17, result.stdout.str()
+    for group in ("test_kept_", "test_leased_", "test_a_mod_", "test_b_mod_"):
+        assert len({w for name, w in worker.items() if name.startswith(group)}) == 1, (group, worker)
+    log = events(rec_pytester)
+    assert log.count("start t/rec") == 1 and log.count("start t/mod") == 2
+    # The group travels to xdist's scheduler only: reports keep the plain test ids.
+    names = [case.get("name", "") for case in ET.parse(rec_pytester.path / "out.xml").iter("testcase")]
+    assert "test_kept_0[t]" in names and not any("@" in n for n in names)
 
 
 def test_pytest_embedded_and_this_plugin_start_together(pytester: pytest.Pytester) -> None:
