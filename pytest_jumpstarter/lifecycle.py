@@ -416,13 +416,16 @@ class DeviceManager:
         return self._root
 
     def logdir(self) -> Path:
-        """Per-test console logs go to ``<logdir>/<test id>/<device>.log``."""
+        """Per-test console logs: ``<logdir>/<test id>/<device>.log``, a rerun's in ``<test id>-attempt2``."""
         if self._logdir is None:
             self._logdir = self._logdir_factory()
         return self._logdir
 
     def _item_log_dir(self, item: pytest.Item) -> Path | None:
-        return self.logdir() / _safe(item.nodeid)
+        # pytest-rerunfailures counts the attempts on the item: each rerun gets a folder of its own.
+        attempt = getattr(item, "execution_count", 1)
+        again = f"-attempt{attempt}" if isinstance(attempt, int) and attempt > 1 else ""
+        return self.logdir() / f"{_safe(item.nodeid)}{again}"
 
     def transcripts(self, item: pytest.Item, final: bool) -> Iterator[tuple[str, str]]:
         """End each device's transcript section for ``item``: yields ``(device, text)``.

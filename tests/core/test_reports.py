@@ -250,13 +250,29 @@ def test_rerun_gets_a_restored_board_and_its_own_sections(screen: pytest.Pyteste
         """
     )
     result = screen.runpytest(
-        "--target=bench.yaml", "--reruns=1", "-p", "rerunfailures", "--junitxml=out.xml"
+        "--target=bench.yaml",
+        "--reruns=1",
+        "-p",
+        "rerunfailures",
+        "--junitxml=out.xml",
+        "--jumpstarter-logdir=logs",
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*1 passed, 1 rerun*"])
     assert events(screen) == ["start talker", "restore talker snapshot", "stop talker"]
-    out = "".join(n.text or "" for n in ET.parse(screen.path / "out.xml").iter("system-out"))
+    junit = ET.parse(screen.path / "out.xml")
+    out = "".join(n.text or "" for n in junit.iter("system-out"))
     assert "attempt 2" in out and "attempt 1" not in out
+    # Each attempt's console log is a file of its own; the report names the last attempt's.
+    logs = {p.parent.name: p.read_text() for p in (screen.path / "logs").glob("*/talker.log")}
+    first = "test_rerun_gets_a_restored_board_and_its_own_sections.py_test_flaky_bench"
+    second = f"{first}-attempt2"
+    assert set(logs) == {first, second}, logs
+    assert "attempt 1" in logs[first] and "attempt 2" not in logs[first]
+    assert "attempt 2" in logs[second] and "attempt 1" not in logs[second]
+    props = {p.get("name"): p.get("value") for p in junit.iter("property")}
+    assert props["jumpstarter_log_talker"] == str(screen.path / "logs" / second / "talker.log")
+    assert f"[[ATTACHMENT|{screen.path / 'logs' / second / 'talker.log'}]]" in out
 
 
 def test_device_fixture_users_count_as_marked_for_m(rec_pytester: pytest.Pytester) -> None:
