@@ -21,6 +21,7 @@ import io
 import threading
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TextIO, TypeVar
@@ -92,13 +93,29 @@ class Transcript:
         self._emit(self._redact(self._pending))
         self._pending = ""
 
-    def flush(self) -> None:
+    def flush(self, drain: bool = False) -> None:
+        """Flush the log file; ``drain``: also write what is held back in case a secret continues (the
+        process is about to end: pytest_jumpstarter.timeouts)."""
         with self._lock:
+            if drain:
+                self._drain()
             if self._file is not None:
                 try:
                     self._file.flush()
                 except OSError as exc:
                     self._file_failed(exc)
+
+    @property
+    def path(self) -> Path | None:
+        """The log file this section goes to (None: no log folder, or it failed)."""
+        return self._path
+
+    def tail(self, lines: int = 10) -> str:
+        """The last ``lines`` lines of this section so far (redacted), for error messages."""
+        # No lock: a signal handler may call this in the thread that holds it (pytest_jumpstarter.timeouts),
+        # and reading the buffer is one call under the GIL.
+        text = self._buffer.getvalue()[-16 * 1024 :] + self._redact(self._pending)
+        return "\n".join(text.replace("\r\n", "\n").replace("\r", "\n").splitlines()[-lines:])
 
     def begin(self, log_path: Path | None) -> None:
         """Start a new section (a test); its output also goes to ``log_path`` when given."""
@@ -162,6 +179,9 @@ class DeviceContext(Generic[S]):
     redact: Callable[[str], str] = lambda s: s
     #: Shows a progress line to the user (the terminal reporter, rate limited by the plugin).
     progress: Callable[[str], None] = lambda s: None
+    #: A long piece of work shown as one line whose elapsed time ticks (``with ctx.activity("flashing"):``);
+    #: the ``progress`` lines said meanwhile go into it.
+    activity: Callable[[str], AbstractContextManager[None]] = lambda what: contextlib.nullcontext()
     #: Free-form values the plugin or other plugins attach (e.g. the xdist worker id).
     extra: dict[str, Any] = field(default_factory=dict)
     #: How the plugin will make this device pristine between tests (the target file's ``reset:``,

@@ -211,6 +211,82 @@ def test_a_hang_outside_the_console_still_reports_the_transcript(screen: pytest.
     result.stdout.fnmatch_lines(["*Timeout*", "*Captured console talker call*", "*about to hang in python*"])
 
 
+def test_a_hang_outside_the_console_under_the_thread_method_fails_the_test_not_the_run(
+    screen: pytest.Pytester,
+) -> None:
+    bench(screen, scope="session")
+    screen.makepyfile(
+        """
+        import socket, time
+
+        def test_sleeps(talker):
+            talker.say("about to sleep")
+            talker.console.expect("about to sleep")
+            time.sleep(60)
+
+        def test_reads_a_silent_socket(talker):
+            talker.say("about to read")
+            talker.console.expect("about to read")
+            near, far = socket.socketpair()
+            near.recv(1)
+
+        def test_next(talker):
+            talker.say("still alive")
+            talker.console.expect("still alive", timeout=5)
+        """
+    )
+    result = screen.runpytest_subprocess(
+        "--target=bench.yaml", "--timeout=3", "--timeout-method=thread", "--junitxml=out.xml"
+    )
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(["*jumpstarter interrupted it before pytest-timeout's kill*"])
+    junit = ET.parse(screen.path / "out.xml")
+    failures = {c.get("name"): c.find("failure") for c in junit.iter("testcase")}
+    for name, said in (
+        ("test_sleeps[bench]", "about to sleep"),
+        ("test_reads_a_silent_socket[bench]", "about to read"),
+    ):
+        failure = failures[name]
+        assert failure is not None and "Timeout (>3.0s from pytest-timeout" in (failure.get("message") or "")
+        assert said in (failure.text or "").partition("last console lines of talker:")[2]
+    assert failures["test_next[bench]"] is None
+    out = "".join(n.text or "" for n in junit.iter("system-out"))
+    assert "about to sleep" in out and "about to read" in out
+    # The kept board was mid-test each time: the next test got a fresh one.
+    assert events(screen).count("start talker") == 3
+
+
+def test_a_hang_the_main_thread_cannot_leave_still_leaves_its_console_log(screen: pytest.Pytester) -> None:
+    screen.makepyfile(
+        """
+        import signal, time
+
+        def test_hangs(talker):
+            talker.say("about to hang with signals blocked")
+            talker.console.expect("signals blocked")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+            time.sleep(60)
+        """
+    )
+    logs = screen.path / "logs"
+    result = screen.runpytest_subprocess(
+        "--target=bench.yaml", "--timeout=3", "--timeout-method=thread", f"--jumpstarter-logdir={logs}"
+    )
+    assert result.ret == 1
+    log = logs / "test_a_hang_the_main_thread_cannot_leave_still_leaves_its_console_log.py_test_hangs_bench"
+    result.stdout.fnmatch_lines(
+        [
+            "jumpstarter: *::test_hangs[[]bench[]] is stuck past its 3.0s budget where it cannot be interrupted:"
+            " pytest-timeout (thread method) ends this run in *s, without a report",
+            f"devices: talker: console log {log / 'talker.log'}",
+            "last console lines of talker:",
+            "    about to hang with signals blocked",
+            "*Timeout*",
+        ]
+    )
+    assert "about to hang with signals blocked" in (log / "talker.log").read_text()
+
+
 def test_a_kept_boards_boot_is_charged_to_setup_not_the_test_budget(screen: pytest.Pytester) -> None:
     # The board takes ~2 s to boot, the test 2 s more; a 3 s budget covers each but not both.
     screen.syspathinsert()
