@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,6 +284,7 @@ class DeviceManager:
             transcript=Transcript(self.redact),
             redact=self.redact,
             progress=self._progress(spec.name),
+            activity=lambda what: self._activity(spec.name, what),
             # "notify" shows a line on the terminal now (e.g. who holds a remote board we wait for).
             extra={**self._extra, "notify": self.notify},
             # A test-scoped device boots fresh for each test: nothing to prepare a reset for.
@@ -302,7 +304,7 @@ class DeviceManager:
         if used is not None:
             self._begin(device, used)
         try:
-            with self.terminal.activity(spec.name, "starting") if self.terminal else contextlib.nullcontext():
+            with self._activity(spec.name, "starting"):
                 driver.start()
         except BaseException:
             self._stop(device, item, notify=False)
@@ -329,8 +331,13 @@ class DeviceManager:
                 f" (giving up after {timeout:g}s)"
             )
 
-        lease.acquire(timeout, waiting)
+        with self._activity(spec.name, f"waiting for exclusive device {key!r}", quiet=True):
+            lease.acquire(timeout, waiting)
         return lease
+
+    def _activity(self, name: str, what: str, quiet: bool = False) -> AbstractContextManager[None]:
+        """A terminal line while ``name`` does ``what``, its elapsed time ticking (quiet: after 1 s)."""
+        return self.terminal.activity(name, what, quiet) if self.terminal else contextlib.nullcontext()
 
     def _progress(self, name: str) -> Callable[[str], None]:
         def progress(text: str) -> None:
@@ -347,7 +354,8 @@ class DeviceManager:
         if mode == "on-failure":
             mode = driver.restore_modes[0] if driver.restore_modes else "reboot"
         device.last_failed = False
-        reason = driver.restore(mode)
+        with self._activity(device.spec.name, f"restoring ({mode})", quiet=True):
+            reason = driver.restore(mode)
         if reason is not None:
             # The driver cannot make the device pristine in place: a cold boot can, at its price.
             note = f"{device.spec.name} cold boot because {self.redact(reason)}"
@@ -355,7 +363,8 @@ class DeviceManager:
             item.add_report_section("setup", "jumpstarter", note)
             self.hook.pytest_jumpstarter_device_teardown(device=driver, item=item)
             driver.stop()
-            driver.start()
+            with self._activity(device.spec.name, "cold boot"):
+                driver.start()
         self.hook.pytest_jumpstarter_device_ready(device=driver, item=item)
 
     # --- stopping ------------------------------------------------------------------------------

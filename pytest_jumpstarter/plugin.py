@@ -7,7 +7,6 @@ ask for them.  Everything a run knows lives in ``config.stash[RUN]``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -389,6 +388,7 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             return factory.getbasetemp() / "jumpstarter-logs"
 
         worker = getattr(config, "workerinput", {}).get("workerid")
+        progress = TerminalProgress(config, value(config, "jumpstarter_progress"))
         run.manager = DeviceManager(
             run.targets,
             config.hook,
@@ -397,27 +397,10 @@ def _manager(config: pytest.Config, request: pytest.FixtureRequest) -> DeviceMan
             extra={**({"worker": worker} if worker else {}), **cache_options(config)},
             lock_dir=_lock_dir(config),
             lock_timeout=value(config, "jumpstarter_lock_timeout"),
-            notify=lambda text: _tell(config, text),
-            progress=TerminalProgress(config, value(config, "jumpstarter_progress")),
+            notify=progress.tell,
+            progress=progress,
         )
     return run.manager
-
-
-def _tell(config: pytest.Config, text: str) -> None:
-    """Show a line on the terminal now, even from inside a test's setup (output capture is paused)."""
-    import sys
-
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capman = config.pluginmanager.get_plugin("capturemanager")
-    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
-        if reporter is None or hasattr(config, "workerinput"):
-            # An xdist worker's terminal output is not shown; its stderr is.
-            sys.stderr.write(f"jumpstarter: {text}\n")
-            sys.stderr.flush()
-        else:
-            if getattr(reporter, "_tw", None) is not None and reporter._tw.width_of_current_line:
-                reporter.write("\n")  # after a test's result dot: write_line only knows its own lines
-            reporter.write_line(f"jumpstarter: {text}", yellow=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -188,7 +188,9 @@ class FlasherDriver(Driver[FS]):
         results: dict[str, FlashResult] = {}
         with self.session():
             for dest, img in jobs:
-                results[dest.name] = self._flash_one(dest, img, verify)
+                # One line on a tty, its elapsed time ticking; the progress lines below go into it.
+                with self.ctx.activity(f"flashing {dest.name}"):
+                    results[dest.name] = self._flash_one(dest, img, verify)
         if isinstance(image, Mapping):
             return results
         return results[jobs[0][0].name]
