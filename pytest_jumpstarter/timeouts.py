@@ -113,7 +113,7 @@ class TimeoutPlugin:
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         __tracebackhide__ = True
         watch = self.watch
-        if watch is None or watch.cancelled or not self.in_phase:
+        if watch is None or watch.cancelled or not self.in_phase or watch.debugging():
             return  # between phases: an exception here would break pytest itself; pytest-timeout decides
         watch.caught.set()
         item, settings = watch.item, watch.settings
@@ -199,8 +199,14 @@ class Watchdog:
         self.cancelled = True
         self._timer.cancel()
 
+    def debugging(self) -> bool:
+        """A debugger is at work (pdb, an IDE's): pytest-timeout then holds back, so do we."""
+        from pytest_timeout import is_debugging  # type: ignore[import-untyped]
+
+        return not self.settings.disable_debugger_detection and bool(is_debugging())
+
     def _fire(self) -> None:
-        if self.cancelled:
+        if self.cancelled or self.debugging():
             return
         self.flush(drain=False)  # first: whatever happens next, the console logs are on disk
         if self.interrupt and self.main is not None and self.plugin.handles_interrupt():

@@ -256,6 +256,23 @@ def test_a_hang_outside_the_console_under_the_thread_method_fails_the_test_not_t
     assert events(screen).count("start talker") == 3
 
 
+def test_a_debugging_session_is_not_interrupted(screen: pytest.Pytester) -> None:
+    # pytest-timeout holds back while a debugger is at work (pdb sets this flag): the watchdog too.
+    screen.makepyfile(
+        """
+        import time
+        import pytest_timeout
+
+        def test_in_the_debugger(talker):
+            pytest_timeout.SUPPRESS_TIMEOUT = True
+            time.sleep(2)
+        """
+    )
+    result = screen.runpytest_subprocess("--target=bench.yaml", "--timeout=1", "--timeout-method=thread")
+    result.assert_outcomes(passed=1)
+    assert "is stuck past its" not in result.stdout.str()
+
+
 def test_a_hang_the_main_thread_cannot_leave_still_leaves_its_console_log(screen: pytest.Pytester) -> None:
     screen.makepyfile(
         """
