@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,41 @@ def test_bad_disk_and_network_values_point_at_their_own_line(pytester: pytest.Py
             "*board.yaml:11: devices.qemu_vm.network.forwards.ssh: expected a port 1-65535, found 70000*",
         ]
     )
+
+
+def test_a_hang_outside_the_console_under_the_thread_method_fails_alone(
+    pytester: pytest.Pytester, images: Images
+) -> None:
+    """pytest-timeout's thread method would end the run; the test fails with its console tail instead,
+    and the next test gets a fresh board (the kept one was left mid-test)."""
+    linux_target(pytester, images, device="scope: session")
+    pytester.makepyfile(
+        """
+        import time
+
+        def test_hangs(qemu_vm):
+            qemu_vm.console.run("echo the-job-started")
+            time.sleep(120)
+
+        def test_next(qemu_vm):
+            assert qemu_vm.console.run("echo fresh").output == "fresh"
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--target=board.yaml",
+        "--timeout=5",
+        "--timeout-method=thread",
+        "-o",
+        "timeout_func_only=true",  # the boots are bounded by boot_timeout, the budget is the tests'
+        "--junitxml=out.xml",
+        "-p",
+        "no:randomly",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    cases = {c.get("name"): c for c in ET.parse(pytester.path / "out.xml").iter("testcase")}
+    failure = cases["test_hangs[qemu-x86_64]"].find("failure")
+    assert failure is not None and "jumpstarter interrupted it" in (failure.text or "")
+    assert "the-job-started" in (failure.text or "").partition("last console lines of qemu_vm:")[2]
+    out = "".join(n.text or "" for n in cases["test_hangs[qemu-x86_64]"].iter("system-out"))
+    assert "the-job-started" in out
+    assert cases["test_next[qemu-x86_64]"].find("failure") is None
