@@ -231,8 +231,10 @@ class Watchdog:
 
         used = self.item.stash.get(ITEM_DEVICES, None)
         devices = used.devices if used is not None else []
+        logs = [(d.spec.name, d.transcript.path) for d in devices]
         where = "; ".join(
-            f"{d.spec.name}: console log {d.transcript.path or 'not written (no output)'}" for d in devices
+            f"{name}: console log {path if path is not None and path.exists() else 'not written (no output)'}"
+            for name, path in logs
         )
         if interrupted:
             head = (
