@@ -113,7 +113,9 @@ class TimeoutPlugin:
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         __tracebackhide__ = True
         watch = self.watch
-        if watch is None or watch.cancelled or not self.in_phase or watch.debugging():
+        if watch is None or not watch.fired or watch.cancelled or watch.debugging():
+            return  # not ours to act on: a SIGUSR2 from elsewhere, or a debugger at work
+        if not self.in_phase:
             return  # between phases: an exception here would break pytest itself; pytest-timeout decides
         watch.caught.set()
         item, settings = watch.item, watch.settings
@@ -187,6 +189,8 @@ class Watchdog:
         self.interrupt = interrupt
         self.main = threading.main_thread().ident
         self.cancelled = False
+        #: Set just before the signal goes: a SIGUSR2 from anyone else fails nothing.
+        self.fired = False
         #: Set by the main thread's handler: it took the signal and fails the test.
         self.caught = threading.Event()
         # After the console waits' own deadline (budget - margin), before the kill (budget).
@@ -210,6 +214,7 @@ class Watchdog:
             return
         self.flush(drain=False)  # first: whatever happens next, the console logs are on disk
         if self.interrupt and self.main is not None and self.plugin.handles_interrupt():
+            self.fired = True
             signal.pthread_kill(self.main, INTERRUPT)
             if self.caught.wait(0.2 * margin(self.budget)):
                 return

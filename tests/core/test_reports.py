@@ -273,6 +273,19 @@ def test_a_debugging_session_is_not_interrupted(screen: pytest.Pytester) -> None
     assert "is stuck past its" not in result.stdout.str()
 
 
+def test_a_sigusr2_from_elsewhere_fails_nothing(screen: pytest.Pytester) -> None:
+    screen.makepyfile(
+        """
+        import os, signal
+
+        def test_signalled(talker):
+            os.kill(os.getpid(), signal.SIGUSR2)
+        """
+    )
+    result = screen.runpytest_subprocess("--target=bench.yaml", "--timeout=30", "--timeout-method=thread")
+    result.assert_outcomes(passed=1)
+
+
 def test_a_hang_the_main_thread_cannot_leave_still_leaves_its_console_log(screen: pytest.Pytester) -> None:
     screen.makepyfile(
         """
