@@ -92,6 +92,14 @@ class TerminalProgress:
         if self.mode == "off":
             yield
             return
+        with self._lock:
+            outer = self._running(device)
+            if outer is not None:
+                # Part of a larger one (a boot inside "starting"): said in that line, not a line of its own.
+                outer.latest = what
+        if outer is not None:
+            yield
+            return
         running = _Activity(device, what, self.clock(), quiet)
         with self._lock:
             self._activities.append(running)

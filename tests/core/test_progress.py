@@ -34,8 +34,12 @@ class Slow(Driver[SlowSettings]):
 
     def start(self):
         self.ctx.progress("slow: power on")
-        threading.Event().wait(self.ctx.settings.boot)  # the board boots
+        self.boot()
         self.started = True
+
+    def boot(self):
+        with self.ctx.activity("booting"):
+            threading.Event().wait(self.ctx.settings.boot)  # the board boots
 
     def stop(self):
         self.started = False
@@ -54,23 +58,30 @@ slow = device_fixture("slow")
 def slow(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeconftest(SLOW_CONFTEST)
     write(pytester, "t.yaml", "name: t\ndevices:\n  slow: {driver: slow}\n")
-    pytester.makepyfile(test_boot="def test_boot(slow):\n    assert slow.started\n")
+    pytester.makepyfile(
+        test_boot="def test_boot(slow):\n    assert slow.started\n",
+        test_reboot="def test_reboot_in_the_test(slow):\n    slow.boot()\n",
+    )
     return pytester
 
 
 def test_without_a_tty_a_slow_boot_shows_plain_lines_and_nothing_with_q(slow: pytest.Pytester) -> None:
-    result = slow.runpytest("--target=t.yaml")
-    result.assert_outcomes(passed=1)
+    result = slow.runpytest("--target=t.yaml", "test_boot.py", "test_reboot.py")
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
             "jumpstarter: slow: starting ...",
-            "jumpstarter: slow: starting ... [12]s: power on",
+            "jumpstarter: slow: starting ... [12]s: booting",  # the boot is part of the start's line
             "jumpstarter: slow: starting: done in *s",
+            # A boot the test asks for is a line of its own.
+            "jumpstarter: slow: booting ... [12]s",
+            "jumpstarter: slow: booting: done in *s",
         ]
     )
     out = result.stdout.str()
     assert "\r" not in out and "slow: slow" not in out
-    quiet = slow.runpytest("--target=t.yaml", "-q")
+    assert out.count("jumpstarter: slow: booting: done") == 1  # the test's boot, not the start's
+    quiet = slow.runpytest("--target=t.yaml", "-q", "test_boot.py")
     quiet.assert_outcomes(passed=1)
     assert "jumpstarter:" not in quiet.stdout.str()
 
@@ -79,7 +90,7 @@ def test_on_a_tty_a_slow_boot_is_one_line_whose_elapsed_time_ticks(slow: pytest.
     pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "pytest", "-p", "no:cacheprovider", "--color=no", "--target=t.yaml"],
+        ["-m", "pytest", "-p", "no:cacheprovider", "--color=no", "--target=t.yaml", "test_boot.py"],
         cwd=str(slow.path),
         env=dict(os.environ),
         encoding="utf-8",
@@ -95,8 +106,8 @@ def test_on_a_tty_a_slow_boot_is_one_line_whose_elapsed_time_ticks(slow: pytest.
     assert shown[0] == "jumpstarter: slow: starting ..."
     assert "jumpstarter: slow: starting ...: power on" in shown
     assert {
-        "jumpstarter: slow: starting ... 1s: power on",
-        "jumpstarter: slow: starting ... 2s: power on",
+        "jumpstarter: slow: starting ... 1s: booting",
+        "jumpstarter: slow: starting ... 2s: booting",
     } & set(shown), shown
     assert shown[-1].startswith("jumpstarter: slow: starting: done in ")
 
