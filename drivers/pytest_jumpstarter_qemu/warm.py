@@ -1,8 +1,8 @@
 """Warm starts: a QEMU board's booted state kept across runs (:mod:`.statecache`), restored instead of a boot.
 
-After a cold boot reaches ready, the board is stopped, its state sent with QMP ``migrate`` to
-``exec:cat > FILE`` (RAM and devices; the stream skips zero pages), and continued; the next power-on
-on the same key starts QEMU with ``-incoming defer``, receives the file with ``migrate-incoming``,
+After a cold boot reaches ready, the board is stopped, its state sent with QMP ``migrate`` to the
+file (``fd:``, RAM and devices; the stream skips zero pages), and continued; the next power-on on
+the same key starts QEMU with ``-incoming defer``, receives the file with ``migrate-incoming``,
 continues, proves the shell answers and sets the guest clock in the same command.
 
 The key covers what decides the booted state: the QEMU binary (path, size, mtime, ``--version``),
@@ -15,7 +15,6 @@ cached (their booted state includes what the boot wrote to them), nor ``autostar
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import time
 from dataclasses import dataclass
@@ -122,6 +121,9 @@ def wait_migration(qmp: Qmp, since: int, deadline: Deadline, device: str) -> Non
 #: migration sharing a network link; it made a 98 MiB save of the stopped demo guest take 0.76 s
 #: instead of 0.12-0.18 s (measured, QEMU 7.2).  The guest is stopped: nothing to share with.
 SAVE_BANDWIDTH = 64 * 1024**3
+#: The state file goes to QEMU as a descriptor (``fd:``), not through ``exec:cat``: no shell, no
+#: ``cat``, no pipe of 64 KiB between them (a load took 0.070 s against 0.104 s, medians of 5).
+_FD_NAME = "jumpstarter-state"
 
 
 def _events_on(qmp: Qmp) -> None:
@@ -134,8 +136,18 @@ def receive_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
     """Load ``state`` into a QEMU started with ``-incoming defer`` (it stays paused)."""
     _events_on(qmp)
     since = len(qmp.events)
-    qmp.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"}, timeout=5.0)
+    _pass_file(qmp, state, os.O_RDONLY)
+    qmp.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"}, timeout=5.0)
     wait_migration(qmp, since, Deadline(timeout, f"the booted state {state} to load"), device)
+
+
+def _pass_file(qmp: Qmp, path: Path, flags: int) -> None:
+    """Open ``path`` and hand QEMU the descriptor for ``fd:`` (our copy is closed again)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        qmp.send_fd(fd, _FD_NAME)
+    finally:
+        os.close(fd)
 
 
 def send_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
@@ -152,7 +164,8 @@ def send_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
     qmp.execute("stop", timeout=5.0)
     completed = False
     try:
-        qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"}, timeout=5.0)
+        _pass_file(qmp, state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        qmp.execute("migrate", {"uri": f"fd:{_FD_NAME}"}, timeout=5.0)
         wait_migration(qmp, since, Deadline(timeout, f"the booted state to be written to {state}"), device)
         completed = True
     finally:
