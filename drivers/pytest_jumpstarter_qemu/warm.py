@@ -28,13 +28,12 @@ from pytest_jumpstarter.waiting import Deadline
 from .cmdline import RunFiles, command_line
 from .config import QemuSettings
 from .qmp import Qmp
-from .statecache import StateCache, default_dir, file_hash, make_key
+from .statecache import FileFacts, StateCache, default_dir, file_hash, make_key
 
 if TYPE_CHECKING:
     from .board import QemuBoard
 
 MODES = ("off", "read", "write", "on")
-_QEMU_IDS: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -75,20 +74,23 @@ def off_reason(config: QemuSettings, mode: str) -> str | None:
     return None
 
 
-def qemu_identity(executable: str) -> list[Any]:
+def qemu_identity(executable: str, facts: FileFacts | None = None) -> list[Any]:
     """What identifies a QEMU binary: its path, size, mtime and first ``--version`` line."""
     path = shutil.which(executable)
     if path is None:
         return [executable, "not found"]
     st = Path(path).stat()
-    memo = (path, st.st_size, st.st_mtime_ns)
-    if memo not in _QEMU_IDS:
-        out = run([path, "--version"], device="qemu", timeout=10.0)
-        _QEMU_IDS[memo] = out.splitlines()[0] if out else ""
-    return [path, st.st_size, st.st_mtime_ns, _QEMU_IDS[memo]]
+
+    def version(binary: Path) -> str:
+        out = run([str(binary), "--version"], device="qemu", timeout=10.0)
+        return out.splitlines()[0] if out else ""
+
+    return [path, st.st_size, st.st_mtime_ns, (facts or FileFacts(None)).get(Path(path), "version", version)]
 
 
-def key_parts(config: QemuSettings, accel: str, snapshot: bool) -> dict[str, Any]:
+def key_parts(
+    config: QemuSettings, accel: str, snapshot: bool, facts: FileFacts | None = None
+) -> dict[str, Any]:
     """Everything that decides the booted state, with per-run paths replaced by fixed ones."""
     tftp = config.user_network is not None and config.network.tftp
     files = RunFiles(
@@ -97,9 +99,9 @@ def key_parts(config: QemuSettings, accel: str, snapshot: bool) -> dict[str, Any
         state_drive=Path("/run/state.qcow2") if snapshot else None,
     )
     return {
-        "qemu": qemu_identity(config.executable),
+        "qemu": qemu_identity(config.executable, facts),
         "command": command_line(config, files, accel),
-        "files": {key: file_hash(path) for key, path in config.files.items() if path is not None},
+        "files": {key: file_hash(path, facts) for key, path in config.files.items() if path is not None},
         "ready": [config.shell, config.ready],
     }
 
@@ -200,7 +202,8 @@ class WarmStart:
         self._key: tuple[str, dict[str, Any]] | None = None
 
     def _entry_key(self, accel: str) -> tuple[str, dict[str, Any]]:
-        parts = key_parts(self.board.config, accel, self.board.ctx.reset == "snapshot")
+        facts = FileFacts(self.options.cache().folder / FileFacts.NAME)
+        parts = key_parts(self.board.config, accel, self.board.ctx.reset == "snapshot", facts)
         return make_key(parts), parts
 
     def restore(self, accel: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.images import Images
-from pytest_jumpstarter_qemu.statecache import StateCache, make_key
+from pytest_jumpstarter_qemu.statecache import FileFacts, StateCache, make_key
 from pytest_jumpstarter_qemu.warm import SAVE_BANDWIDTH
 from qemu_board_helpers import linux_settings, uboot_settings
 
@@ -69,6 +70,37 @@ def test_eviction_keeps_the_most_recently_used_within_the_bounds(tmp_path: Path)
     third = fake_entry(cache, "3")
     assert sorted(e.key for e in cache.entries()) == sorted([first, third])
     assert cache.clear() == 2 and cache.entries() == []
+
+
+def test_file_facts_are_kept_across_runs_until_the_file_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FileFacts, "SETTLE_NS", 0)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"a" * 100)
+    store = tmp_path / "cache" / FileFacts.NAME
+    computed: list[bytes] = []
+
+    def digest(path: Path) -> str:
+        computed.append(path.read_bytes())
+        return hashlib.sha256(computed[-1]).hexdigest()
+
+    first = FileFacts(store).get(kernel, "sha256", digest)
+    assert FileFacts(store).get(kernel, "sha256", digest) == first  # a second run: from the store
+    assert len(computed) == 1
+    # Same size, mtime put back (as cp -p does): only ctime tells; wait for the file clock to move.
+    old = kernel.stat()
+    deadline = time.monotonic() + 5.0
+    while kernel.stat().st_ctime_ns == old.st_ctime_ns and time.monotonic() < deadline:
+        kernel.write_bytes(b"b" * 100)
+        os.utime(kernel, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert FileFacts(store).get(kernel, "sha256", digest) == hashlib.sha256(b"b" * 100).hexdigest()
+    monkeypatch.setattr(FileFacts, "SETTLE_NS", 10**12)  # changed just now: never memoized
+    kernel.write_bytes(b"c" * 100)
+    FileFacts(store).get(kernel, "sha256", digest)
+    FileFacts(store).get(kernel, "sha256", digest)
+    assert computed[-2:] == [b"c" * 100] * 2
+    assert StateCache(tmp_path / "cache").clear() == 0 and not store.exists()
 
 
 def cached_board(settings: dict[str, Any], workdir: Path, cache_dir: Path, mode: str = "on") -> QemuBoard:
