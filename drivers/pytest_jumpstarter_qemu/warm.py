@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,8 +154,13 @@ def _pass_file(qmp: Qmp, path: Path, flags: int) -> None:
         os.close(fd)
 
 
-def send_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
+def send_state(
+    qmp: Qmp, state: Path, timeout: float, device: str, stopped: Callable[[], object] | None = None
+) -> None:
     """Stop the guest, write its state to ``state``, and let it run again.
+
+    ``stopped`` runs once the guest is stopped, before the state is taken (to read what it had
+    printed: a stopped guest prints nothing more, so no quiet period needs waiting for).
 
     QEMU sends the ``completed`` event before its migration thread sets the run state to
     ``postmigrate``: a ``cont`` in between is undone (seen on the demo U-Boot board, whose small
@@ -166,6 +173,8 @@ def send_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
     qmp.execute("stop", timeout=5.0)
     completed = False
     try:
+        if stopped is not None:
+            stopped()
         _pass_file(qmp, state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         qmp.execute("migrate", {"uri": f"fd:{_FD_NAME}"}, timeout=5.0)
         wait_migration(qmp, since, Deadline(timeout, f"the booted state to be written to {state}"), device)
@@ -265,8 +274,12 @@ class WarmStart:
                 # makes its boot id on first read: read it now, or each restore would make a new one.
                 if board.shell_kind == "linux":
                     board.sync_console(board.config.console_timeout, "cat /proc/sys/kernel/random/boot_id")
-                board.console.drain(quiet=0.05, limit=1.0)
-                send_state(qmp, tmp / "state", board.config.boot_timeout, board.device_name)
+                # Nothing unread: what the guest printed before it stopped is read, not waited for
+                # in a quiet period (50 ms, a quarter of the U-Boot board's whole cold boot).
+                send_state(
+                    qmp, tmp / "state", board.config.boot_timeout, board.device_name,
+                    stopped=partial(board.console.drain, quiet=0.0, limit=1.0),
+                )  # fmt: skip
             except JumpstarterError as exc:
                 (tmp / "state").unlink(missing_ok=True)
                 self.note = f"{board.device_name}: booted state not cached: {str(exc).splitlines()[0]}"
