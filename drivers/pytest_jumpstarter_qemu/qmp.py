@@ -123,16 +123,12 @@ class Qmp:
     def send_fd(self, fd: int, name: str, timeout: float = 5.0) -> None:
         """Pass ``fd`` to QEMU (``SCM_RIGHTS``) as ``name`` for ``fd:name`` URIs (QMP ``getfd``).
         QEMU holds its own copy: the caller still closes ``fd``."""
-        from qemu.qmp import ExecuteError
 
         async def send() -> None:
             self._client.send_fd_scm(fd)  # must run on the loop thread, right before its getfd
             await self._client.execute("getfd", {"fdname": name})
 
-        try:
-            self._call(send, timeout, f"getfd {name!r}")
-        except ExecuteError as exc:
-            raise QmpError(self.device, f"QMP command 'getfd' failed: {exc}") from exc
+        self._call(send, timeout, f"getfd {name!r}")
 
     def hmp(self, command: str, timeout: float = 10.0) -> str:
         """Run a human monitor command (``info usernet``) and return its text output."""

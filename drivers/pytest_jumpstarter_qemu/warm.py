@@ -140,14 +140,19 @@ def receive_state(qmp: Qmp, state: Path, timeout: float, device: str) -> None:
     """Load ``state`` into a QEMU started with ``-incoming defer`` (it stays paused)."""
     _events_on(qmp)
     since = len(qmp.events)
-    _pass_file(qmp, state, os.O_RDONLY)
+    _pass_file(qmp, state, os.O_RDONLY, device)
     qmp.execute("migrate-incoming", {"uri": f"fd:{_FD_NAME}"}, timeout=5.0)
     wait_migration(qmp, since, Deadline(timeout, f"the booted state {state} to load"), device)
 
 
-def _pass_file(qmp: Qmp, path: Path, flags: int) -> None:
-    """Open ``path`` and hand QEMU the descriptor for ``fd:`` (our copy is closed again)."""
-    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+def _pass_file(qmp: Qmp, path: Path, flags: int, device: str) -> None:
+    """Open ``path`` and hand QEMU the descriptor for ``fd:`` (our copy is closed again).  A file
+    that cannot be opened (an entry evicted by another run meanwhile) is a :class:`DriverError`,
+    so the caller boots cold instead."""
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise DriverError(device, f"cannot open the booted state {path}: {exc.strerror}") from exc
     try:
         qmp.send_fd(fd, _FD_NAME)
     finally:
@@ -175,7 +180,7 @@ def send_state(
     try:
         if stopped is not None:
             stopped()
-        _pass_file(qmp, state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        _pass_file(qmp, state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, device)
         qmp.execute("migrate", {"uri": f"fd:{_FD_NAME}"}, timeout=5.0)
         wait_migration(qmp, since, Deadline(timeout, f"the booted state to be written to {state}"), device)
         completed = True

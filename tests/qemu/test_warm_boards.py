@@ -8,16 +8,18 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pytest_jumpstarter_qemu import QemuBoard
 from pytest_jumpstarter_qemu.images import Images
+from pytest_jumpstarter_qemu.qmp import Qmp
 from pytest_jumpstarter_qemu.statecache import FileFacts, StateCache, make_key
-from pytest_jumpstarter_qemu.warm import SAVE_BANDWIDTH
+from pytest_jumpstarter_qemu.warm import SAVE_BANDWIDTH, _pass_file
 from qemu_board_helpers import linux_settings, uboot_settings
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
+from pytest_jumpstarter.errors import DriverError
 
 
 def fake_entry(cache: StateCache, name: str, size: int = 10) -> str:
@@ -101,6 +103,14 @@ def test_file_facts_are_kept_across_runs_until_the_file_is_rewritten(
     FileFacts(store).get(kernel, "sha256", digest)
     assert computed[-2:] == [b"c" * 100] * 2
     assert StateCache(tmp_path / "cache").clear() == 0 and not store.exists()
+
+
+def test_a_state_file_gone_before_it_is_opened_is_a_driver_error_so_the_board_boots_cold(
+    tmp_path: Path,
+) -> None:
+    # An entry another run evicted between the lookup and the load: os.open fails before QMP is used.
+    with pytest.raises(DriverError, match=r"cannot open the booted state .*gone.*No such file"):
+        _pass_file(cast(Qmp, None), tmp_path / "gone", os.O_RDONLY, "qemu_vm")
 
 
 def cached_board(settings: dict[str, Any], workdir: Path, cache_dir: Path, mode: str = "on") -> QemuBoard:
