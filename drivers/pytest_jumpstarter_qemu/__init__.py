@@ -84,7 +84,7 @@ def pytest_jumpstarter_list_device(config: pytest.Config, target: Any, device: A
     if why is not None:
         return [f"cache: off ({why})"]
     try:
-        facts = FileFacts(options.cache().folder / FileFacts.NAME)
+        facts = FileFacts(options.cache().folder / FileFacts.NAME, write=False)  # a listing writes nothing
         key = make_key(key_parts(device.settings, device.settings.accel, reset == "snapshot", facts))
     except (OSError, JumpstarterError) as exc:
         return [f"cache: miss (cannot make its key: {str(exc).splitlines()[0]})"]

@@ -60,30 +60,31 @@ class FileFacts:
     #: ms), so a second write in the same tick could leave all of its identity unchanged.
     SETTLE_NS = 2_000_000_000
 
-    def __init__(self, store: Path | None) -> None:
+    def __init__(self, store: Path | None, write: bool = True) -> None:
         self.store = store
+        self.write = write  # False: read the store, never add to it (--jumpstarter-cache=read)
         self._facts: dict[str, list[Any]] | None = None
 
     def get(self, path: Path, kind: str, compute: Callable[[Path], str]) -> str:
         identity = _identity(path)
         name = f"{kind}:{path.resolve()}"
-        facts = self._load()
-        known = facts.get(name)
-        if isinstance(known, list) and known[:-1] == identity and isinstance(known[-1], str):
-            return known[-1]
+        for facts in (_MEMO, self._load()):  # this process's, then earlier runs'
+            known = facts.get(name)
+            if isinstance(known, list) and known[:-1] == identity and isinstance(known[-1], str):
+                return known[-1]
         value = compute(path)
         if time.time_ns() - identity[-1] >= self.SETTLE_NS:
-            facts[name] = [*identity, value]
-            self._save(name, facts[name])
+            _MEMO[name] = [*identity, value]
+            self._save(name, _MEMO[name])
         return value
 
     def _load(self) -> dict[str, list[Any]]:
         if self._facts is None:
-            self._facts = _MEMO if self.store is None else _read_facts(self.store)
+            self._facts = {} if self.store is None else _read_facts(self.store)
         return self._facts
 
     def _save(self, name: str, row: list[Any]) -> None:
-        if self.store is None:
+        if self.store is None or not self.write:
             return
         with contextlib.suppress(OSError):  # a memo: losing it costs a recomputation, nothing else
             self.store.parent.mkdir(parents=True, exist_ok=True)

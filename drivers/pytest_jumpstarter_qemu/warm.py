@@ -216,7 +216,7 @@ class WarmStart:
         self._key: tuple[str, dict[str, Any]] | None = None
 
     def _entry_key(self, accel: str) -> tuple[str, dict[str, Any]]:
-        facts = FileFacts(self.options.cache().folder / FileFacts.NAME)
+        facts = FileFacts(self.options.cache().folder / FileFacts.NAME, write=self.options.writes)
         parts = key_parts(self.board.config, accel, self.board.ctx.reset == "snapshot", facts)
         return make_key(parts), parts
 

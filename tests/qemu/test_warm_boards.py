@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from pytest_jumpstarter_qemu import QemuBoard
+from pytest_jumpstarter_qemu import QemuBoard, statecache
 from pytest_jumpstarter_qemu.images import Images
 from pytest_jumpstarter_qemu.qmp import Qmp
 from pytest_jumpstarter_qemu.statecache import FileFacts, StateCache, make_key
@@ -78,6 +78,8 @@ def test_file_facts_are_kept_across_runs_until_the_file_is_rewritten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(FileFacts, "SETTLE_NS", 0)
+    memo: dict[str, list[Any]] = {}
+    monkeypatch.setattr(statecache, "_MEMO", memo)  # this process's memo; cleared for "another run"
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"a" * 100)
     store = tmp_path / "cache" / FileFacts.NAME
@@ -88,6 +90,8 @@ def test_file_facts_are_kept_across_runs_until_the_file_is_rewritten(
         return hashlib.sha256(computed[-1]).hexdigest()
 
     first = FileFacts(store).get(kernel, "sha256", digest)
+    assert FileFacts(store).get(kernel, "sha256", digest) == first  # the same process: its memo
+    memo.clear()
     assert FileFacts(store).get(kernel, "sha256", digest) == first  # a second run: from the store
     assert len(computed) == 1
     # Same size, mtime put back (as cp -p does): only ctime tells; wait for the file clock to move.
@@ -97,6 +101,9 @@ def test_file_facts_are_kept_across_runs_until_the_file_is_rewritten(
         kernel.write_bytes(b"b" * 100)
         os.utime(kernel, ns=(old.st_atime_ns, old.st_mtime_ns))
     assert FileFacts(store).get(kernel, "sha256", digest) == hashlib.sha256(b"b" * 100).hexdigest()
+    memo.clear()
+    assert FileFacts(store, write=False).get(kernel, "sha256", digest)  # read mode: from the store
+    assert len(computed) == 2
     monkeypatch.setattr(FileFacts, "SETTLE_NS", 10**12)  # changed just now: never memoized
     kernel.write_bytes(b"c" * 100)
     FileFacts(store).get(kernel, "sha256", digest)
@@ -181,6 +188,7 @@ def test_read_mode_never_writes_and_cache_false_boots_cold(tmp_path: Path, image
     finally:
         board.stop()
     assert StateCache(cache_dir).entries() == []
+    assert not cache_dir.exists() or list(cache_dir.iterdir()) == [], "read mode wrote into the cache"
     board = cached_board(linux_settings(images, cache=False), tmp_path / "f", cache_dir)
     assert board.warm.off_reason == "cache: false"
 
