@@ -71,6 +71,8 @@ class TimeoutPlugin:
         self.watch: Watchdog | None = None
         self.in_phase = False
         self._previous: Any = None
+        #: The test whose pytest-timeout timer the handler re-armed.
+        self.rearmed: pytest.Item | None = None
 
     @pytest.hookimpl(tryfirst=True, optionalhook=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> None:
@@ -115,17 +117,30 @@ class TimeoutPlugin:
         watch = self.watch
         if watch is None or not watch.fired or watch.cancelled or watch.debugging():
             return  # not ours to act on: a SIGUSR2 from elsewhere, or a debugger at work
-        if not self.in_phase:
-            return  # between phases: an exception here would break pytest itself; pytest-timeout decides
         watch.caught.set()
-        item, settings = watch.item, watch.settings
         # pytest-timeout's timer would still end the run at the full budget, in the middle of this
         # test's cleanup: what is left of the test gets a fresh budget, then the old timer goes.
+        item = watch.item
         cancel_old = getattr(item, "cancel_timeout", None)
-        item.config.hook.pytest_timeout_set_timer(item=item, settings=settings)
+        item.config.hook.pytest_timeout_set_timer(item=item, settings=watch.settings)
         if callable(cancel_old):
             cancel_old()
-        pytest.fail(watch.explain(interrupted=True), pytrace=True)
+        self.rearmed = item  # cancelled at the end of its protocol, whatever is interrupted here
+        if self.in_phase:
+            pytest.fail(watch.explain(interrupted=True), pytrace=True)
+        # Between phases the main thread is in pytest's own code (a report, say), and it is alive: it
+        # only gets the time to finish; an exception here would break pytest itself.
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+        try:
+            return (yield)
+        finally:
+            if self.rearmed is item:
+                # A timer re-armed by the handler while pytest-timeout was cancelling its own (the
+                # signal came in the middle) would otherwise outlive the test and end a later one.
+                self.rearmed = None
+                item.config.hook.pytest_timeout_cancel_timer(item=item)
 
     @contextlib.contextmanager
     def _phase(self) -> Iterator[None]:

@@ -183,7 +183,8 @@ def test_a_console_wait_gives_up_before_pytest_timeout_with_the_tail(screen: pyt
     )
     for method in ("thread", "signal"):
         (screen.path / "events.log").unlink(missing_ok=True)
-        result = screen.runpytest(
+        # In a process of its own: pytest-timeout's thread method, should it fire, ends the process.
+        result = screen.runpytest_subprocess(
             "--target=bench.yaml", "--timeout=4", f"--timeout-method={method}", "--junitxml=out.xml"
         )
         result.assert_outcomes(failed=1, passed=1)
