@@ -170,6 +170,10 @@ class Child:
         if self.running:
             for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_grace)):
                 self.signal_group(sig)
+                if sig == signal.SIGTERM:
+                    # A stopped process (SIGSTOP, a debugger's job control) keeps SIGTERM pending
+                    # until it runs again: wake it, so it ends as asked instead of by SIGKILL.
+                    self.signal_group(signal.SIGCONT)
                 if self.wait(wait):
                     break
         # Whatever else the child started in its session must not outlive it either.
