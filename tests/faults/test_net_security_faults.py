@@ -119,11 +119,15 @@ def _inodes(pid: int) -> set[int]:
     return inodes
 
 
-def test_tunnels_and_servers_of_a_real_run_listen_on_loopback_only(tmp_path: Path, images: Images) -> None:
+@pytest.mark.parametrize("exposed_by_setting", [False, True], ids=["default", "listen-and-host-0.0.0.0"])
+def test_tunnels_and_servers_of_a_real_run_listen_on_loopback_unless_a_setting_says_otherwise(
+    tmp_path: Path, images: Images, exposed_by_setting: bool
+) -> None:
+    wide = "    listen: 0.0.0.0\n    host: 0.0.0.0\n" if exposed_by_setting else ""
     (tmp_path / "board.yaml").write_text(
         board_yaml(images)
         + "  net_tunnel:\n    driver: qemu-user-forward\n    board: qemu_vm\n    relay: true\n"
-        "    forwards: {http: 80, echo: 7}\n"
+        f"    forwards: {{http: 80, echo: 7}}\n{wide}"
     )
     (tmp_path / "test_listen.py").write_text(LISTEN_TEST)
     inner = start_inner(tmp_path, "--target=board.yaml", "-rA")
@@ -151,7 +155,11 @@ def test_tunnels_and_servers_of_a_real_run_listen_on_loopback_only(tmp_path: Pat
     # slirp's forwards (tcp and udp) in QEMU, the relay's listeners in pytest: all on loopback.
     assert {"QEMU", "pytest"} <= {b[0] for b in bound}, bound
     assert any(b[1] == "udp" for b in bound), bound
-    assert not exposed, exposed
+    if exposed_by_setting:
+        # The check sees what a setting exposes: slirp's forwards and the relay's listeners, on 0.0.0.0.
+        assert {"QEMU", "pytest"} <= {b[0] for b in exposed} and {b[2] for b in exposed} == {"0.0.0.0"}, bound
+    else:
+        assert not exposed, exposed
     assert not left, left
 
 

@@ -165,3 +165,27 @@ def test_storage_that_loses_writes_is_caught_by_the_read_back(tmp_path: Path) ->
     assert "FlashError" in inner.text and "read-back differs" in inner.text, inner.text
     assert "FLASHED" not in inner.text and "1 failed" in inner.text, inner.text
     assert not left, left
+
+
+def test_a_read_only_work_folder_is_not_used_and_nothing_is_left_anywhere(
+    tmp_path: Path, images: Images
+) -> None:
+    (tmp_path / "board.yaml").write_text(board_yaml(images))
+    (tmp_path / "test_board.py").write_text(
+        'def test_runs(qemu_vm):\n    assert qemu_vm.console.run("echo hi").output == "hi"\n'
+    )
+    with mounted_tmpfs(tmp_path / "tmp", "1m", read_only=True):
+        inner = start_inner(tmp_path, "--target=board.yaml", "-rA")
+        sent = time.monotonic()
+        code = inner.finish()
+        left = leftovers(inner)  # the recorded folders, wherever they went, and the TMPDIR
+    roots = sorted({str(Path(str(r["workroot"])).parent) for r in inner.recorded()})
+    record(
+        "the work folder (TMPDIR) is read-only",
+        f"exit {code}: the run works in {', '.join(roots)} instead (Python's tempfile skips an unwritable TMPDIR)",
+        left,
+        time.monotonic() - sent,
+        code,
+    )
+    assert code == 0 and roots and str(tmp_path) not in roots[0], inner.text
+    assert not left, left
