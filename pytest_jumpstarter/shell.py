@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import ConsoleTimeout, DriverError
+from .errors import ConsoleTimeout, DriverError, Halted
 from .shell_settings import LoginSettings, ShellSettings
 from .waiting import Deadline
 
@@ -146,7 +146,10 @@ class Shell:
         try:
             yield start
         except ConsoleTimeout as exc:
-            note = self._resync()
+            if isinstance(exc.diagnosis, Halted):
+                note = " (not interrupted: the device cannot run, see below)"
+            else:
+                note = self._resync()
             elapsed = round(time.monotonic() - start, 3)
             raise ConsoleTimeout(
                 console.device, f"{what}{note}", elapsed, console.tail(), exc.diagnosis

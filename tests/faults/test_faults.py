@@ -95,6 +95,7 @@ def test_a_stopped_qemu_is_a_timeout_that_says_the_process_is_stopped(tmp_path: 
     assert "ConsoleTimeout" in inner.text and "is stopped by a signal (process state T" in inner.text, (
         inner.text
     )
+    assert "(not interrupted: the device cannot run, see below)" in inner.text, inner.text
     assert "1 failed, 1 passed" in inner.text, inner.text
     assert not left, left
 

@@ -83,6 +83,7 @@ def test_a_full_work_folder_under_a_running_guest_is_named_as_no_space(
     )
     record("the work folder fills up under a running guest", seen, left, time.monotonic() - sent, code)
     assert "ConsoleTimeout" in inner.text and "No space left on device" in inner.text, inner.text
+    assert "(not interrupted: the device cannot run, see below)" in inner.text, inner.text
     assert "1 failed, 1 passed" in inner.text, inner.text
     assert not left, left
 
