@@ -92,6 +92,7 @@ def test_pytest_timeout_on_a_test_hung_in_console_run_reports_the_console_tail(
     record(f"pytest-timeout ({method} method), test hung in console.run", seen, left, took, code)
     # The plugin's own wait ends first, within the budget: the test fails with the console tail.
     assert "ConsoleTimeout" in text and "HUNG-MARK" in text, text or inner.text
+    assert "(not interrupted: the test's pytest-timeout budget is spent)" in text, text
     assert "1 failed, 1 passed" in inner.text, inner.text
     assert not left, left
 
