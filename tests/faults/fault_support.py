@@ -209,10 +209,13 @@ def _scrub(text: str) -> str:
     return re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s]+", "RUN", text)
 
 
-def first_line_with(text: str, *needles: str) -> str:
-    for line in text.splitlines():
+def first_line_with(text: str, *needles: str, following: int = 0) -> str:
+    """The first line holding every needle, joined with the ``following`` lines (an error's reason)."""
+    lines = text.splitlines()
+    for at, line in enumerate(lines):
         if all(n in line for n in needles):
-            return line.strip()
+            more = [re.sub(r"^E\s+", "", extra).strip() for extra in lines[at + 1 : at + 1 + following]]
+            return " ".join([line.strip(), *more])
     return ""
 
 

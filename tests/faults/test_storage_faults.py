@@ -131,7 +131,7 @@ def test_tftp_stopping_mid_flash_is_a_flash_error_never_a_success(tmp_path: Path
         code = inner.finish()
         left = leftovers(inner)
         staged = sorted(p.name for p in root.iterdir())
-    seen = first_line_with(inner.text, "errors.FlashError: ")
+    seen = first_line_with(inner.text, "errors.FlashError: ", following=1)
     record(
         "the TFTP server stops mid-flash",
         seen,
@@ -159,7 +159,7 @@ def test_storage_that_loses_writes_is_caught_by_the_read_back(tmp_path: Path) ->
     sent = time.monotonic()
     code = inner.finish()
     left = leftovers(inner)
-    seen = first_line_with(inner.text, "errors.FlashError: ")
+    seen = first_line_with(inner.text, "errors.FlashError: ", following=1)
     record("storage that loses writes", seen, left, time.monotonic() - sent, code)
     assert seen and "read-back differs" in inner.text, inner.text
     assert "FLASHED" not in inner.text and "1 failed" in inner.text, inner.text
