@@ -4,6 +4,7 @@ mounts and unmounts), TFTP stopping mid-flash, storage that loses writes."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -142,6 +143,8 @@ def test_tftp_stopping_mid_flash_is_a_flash_error_never_a_success(tmp_path: Path
     assert seen and "chunk 1 (image offset 6291456" in inner.text, inner.text
     assert "FLASHED" not in inner.text and "1 failed" in inner.text, inner.text
     assert not left and not staged, (left, staged)
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+    assert ns.name not in namespaces, namespaces
 
 
 def test_storage_that_loses_writes_is_caught_by_the_read_back(tmp_path: Path) -> None:
