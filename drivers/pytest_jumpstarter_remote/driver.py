@@ -39,10 +39,13 @@ from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import ConsoleClosed, DeviceStateError, DriverError
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.waiting import Deadline
 
 from .network import Forwards
 
 SOURCES = ("exporter", "client", "exporter_config")
+#: How long a standalone exporter whose console stream ended is watched for going away (seconds).
+GONE_WINDOW = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -369,8 +372,15 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         """A standalone exporter's stream ended: if the exporter no longer answers, that is the news."""
         from .session import ExporterUnreachable, probe_tcp
 
+        # An exporter that is going away (SIGTERM, a crash of one of its processes) breaks the stream
+        # a moment before its listener closes: watch it for a moment before calling the stream's end news.
+        deadline = Deadline(GONE_WINDOW, f"the exporter at {address} to go away")
         try:
-            probe_tcp(self.device_name, address, 2.0)
+            while True:
+                probe_tcp(self.device_name, address, 2.0)
+                if deadline.expired:
+                    return
+                time.sleep(0.05)  # the listener closes without telling us: probe it again
         except ExporterUnreachable as exc:
             self.end(
                 ExporterUnreachable(

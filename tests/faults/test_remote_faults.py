@@ -39,7 +39,8 @@ def test_waits(target):
 """
 
 
-def test_an_exporter_that_disappears_mid_test_is_reported_as_gone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_an_exporter_that_disappears_mid_test_is_reported_as_gone(tmp_path: Path, how: str) -> None:
     folder = private_dir("pytest-jumpstarter-gone-")
     try:
         with running_exporter("gone", EXPORT, folder, listen=f"127.0.0.1:{free_port()}") as exporter:
@@ -52,14 +53,19 @@ def test_an_exporter_that_disappears_mid_test_is_reported_as_gone(tmp_path: Path
             inner = start_inner(tmp_path, "--target=board.yaml", "-rA")
             inner.wait_for_file_glob("waiting")
             sent = time.monotonic()
-            exporter.stop(grace=0)  # the exporter's whole process group, at once
+            # SIGTERM: the exporter's whole process group, at once (it closes its streams a moment before
+            # its listener); SIGKILL: a crash of the exporter and its child, one after the other.
+            if how == "SIGTERM":
+                exporter.stop(grace=0)
+            else:
+                exporter.kill_hard()
             code = inner.finish()
             took = time.monotonic() - sent
             left = leftovers(inner) + [f"exporter process {p}" for p in exporter.leftovers()]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     seen = first_line_with(inner.text, "ExporterUnreachable")
-    record("a remote exporter disappears mid-test", seen, left, took, code)
+    record(f"a remote exporter disappears mid-test ({how})", seen, left, took, code)
     assert f"the exporter at {exporter.listen} went away during the test" in seen, inner.text
     assert "1 failed" in inner.text, inner.text
     assert not left, left
