@@ -155,6 +155,8 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         self._powered = False
         self.lost: DriverError | None = None
         self.timings: dict[str, float] = {}
+        #: Where the board is served from, for the test reports (kept after stop: a teardown report).
+        self._report: dict[str, str] = {}
 
     @property
     def config(self) -> JumpstarterSettings:
@@ -176,6 +178,7 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         try:
             if cfg.exporter:
                 tls_ca = cfg.tls_ca.read_bytes() if cfg.tls_ca else None
+                self._report = {"exporter": cfg.exporter}
                 self._session.connect_tcp(
                     cfg.exporter,
                     insecure=cfg.insecure,
@@ -190,12 +193,14 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
                     self, cfg.client, cfg.selector, cfg.duration, cfg.acquisition_timeout
                 )
                 self._source.acquire_and_connect(self._session)
+                self._report = self._source.report()
             else:
                 from .local import LocalExporter
 
                 assert cfg.exporter_config is not None
                 self._source = LocalExporter(self.device_name, cfg.exporter_config, self.ctx.workdir)
                 address = self._source.start(cfg.connect_timeout)
+                self._report = {"exporter": f"{address} (jmp run --exporter-config {cfg.exporter_config})"}
                 self._session.connect_tcp(
                     address, insecure=True, tls_ca=None, passphrase=None, timeout=cfg.connect_timeout
                 )
@@ -454,6 +459,11 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
     def session(self) -> Any:
         self.require_live("session")
         return self._session
+
+    def report_properties(self) -> dict[str, str]:
+        """Where the board was served from, in every test's report (JUnit properties): the exporter's
+        address or name and, when leased, the lease, its controller and selector.  Never a secret."""
+        return dict(self._report)
 
     @property
     def lease_name(self) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -103,6 +104,41 @@ def test_flash_is_verified_and_the_board_boots_what_was_flashed(pytester, demo_e
         "--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}"
     )
     result.assert_outcomes(passed=1)
+
+
+def test_junit_names_the_exporter_and_never_the_passphrase(pytester, monkeypatch):
+    """A passphrase-protected exporter (a MockPower: nothing boots): the JUnit properties say where the
+    board was served from, and the passphrase, listed in secrets:, appears nowhere in the XML."""
+    pytest.importorskip("jumpstarter_cli", reason="needs the [jumpstarter] extra")
+    from exporter_support import free_port, private_dir, running_exporter
+
+    secret = "s3cret-pass-4711"
+    workdir = private_dir("pytest-jumpstarter-pass-")
+    export = {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
+    try:
+        listen = f"127.0.0.1:{free_port()}"
+        with running_exporter("locked", export, workdir, listen=listen, passphrase=secret):
+            monkeypatch.setenv("EXPORTER_PASS", secret)
+            pytester.makefile(
+                ".yaml",
+                board="name: remote\nsecrets: [EXPORTER_PASS]\ndevices:\n  board:\n    driver: jumpstarter\n"
+                f"    exporter: {listen}\n    insecure: true\n    passphrase: ${{EXPORTER_PASS}}\n"
+                "    power: power\n",
+            )
+            pytester.makepyfile(
+                "def test_on(target):\n    target.device('board').on()\n"
+                "def test_fails(target):\n    target.device('board')\n    assert False\n"
+            )
+            result = pytester.runpytest("--target=board.yaml", "-p", "no:cacheprovider", "--junitxml=out.xml")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result.assert_outcomes(passed=1, failed=1)
+    xml = (pytester.path / "out.xml").read_text()
+    assert secret not in xml
+    for case in ET.fromstring(xml).iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert props["jumpstarter_board_exporter"] == listen, props
+        assert props["jumpstarter_device_board"] == "jumpstarter", props
 
 
 def test_a_path_the_exporter_lacks_names_device_path_and_what_exists(pytester, demo_exporter):
