@@ -86,6 +86,23 @@ def test_a_lease_is_granted_used_and_released(pytester, lab):
     assert props["jumpstarter_board_selector"] == "board=mock", props
 
 
+def test_listing_names_the_matching_exporters_and_takes_no_lease(pytester, lab):
+    ctl, _, _ = lab
+    target(pytester, ctl)
+    pytester.makepyfile("def test_x(target):\n    pass\n")
+    result = pytester.runpytest("--target=lab.yaml", "--jumpstarter-list", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            f"*lease: none taken by a listing (selector board=mock, controller {ctl.address})",
+            "*exporters matching (1 of 1):",
+            "*  bench-1 {'board': 'mock'} online",
+            "*driver tree: served only under a lease, not read",
+        ]
+    )
+    assert not [e for e in ctl.log if e.startswith("granted")], ctl.log
+
+
 def test_a_selector_nothing_matches_fails_at_once(pytester, lab):
     ctl, _, _ = lab
     target(pytester, ctl, selector="{board: rpi4}")

@@ -172,7 +172,7 @@ def test_an_unreachable_exporter_fails_within_seconds_naming_the_address(pyteste
     assert elapsed < 30, f"took {elapsed:.1f}s"
 
 
-def test_listing_touches_no_exporter_and_imports_no_client_stack(pytester):
+def test_listing_says_an_exporter_is_unreachable_and_imports_no_client_stack(pytester):
     pytester.makefile(".yaml", board=board_yaml("127.0.0.1:1"))
     pytester.makepyfile(
         conftest="""
@@ -185,8 +185,38 @@ def test_listing_touches_no_exporter_and_imports_no_client_stack(pytester):
     result = pytester.runpytest_subprocess("--target=board.yaml", "--jumpstarter-list", "-s")
     assert result.ret == 0
     result.stdout.fnmatch_lines(
-        ["*board: driver jumpstarter, role board*", "*exporter = '127.0.0.1:1'*", "*no client stack*"]
+        [
+            "*board: driver jumpstarter, role board*",
+            "*exporter = '127.0.0.1:1'*",
+            "*exporter 127.0.0.1:1: not reachable, driver tree not read (cannot reach the exporter at 127.0.0.1:1*",
+            "*no client stack*",
+        ]
     )
+
+
+def test_listing_shows_the_exporters_driver_tree_and_powers_nothing(pytester, demo_exporter):
+    def qemus() -> list[int]:
+        return [
+            p for p in demo_exporter.leftovers() if b"qemu-system" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+
+    assert not qemus(), "the demo board runs before the listing: this test proves nothing"
+    pytester.makefile(".yaml", board=board_yaml(demo_exporter.listen).replace("qemu.flasher", "qemu.flash"))
+    pytester.makepyfile("def test_x(target):\n    pass\n")
+    result = pytester.runpytest("--target=board.yaml", "--jumpstarter-list", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            f"*exporter {demo_exporter.listen}: driver tree (read from the exporter; nothing powered):",
+            "*  qemu (QemuClient)",
+            "*    qemu.console (PySerialClient)  <- console",
+            "*    qemu.echo (NetworkClient)  <- network.echo",
+            "*    qemu.power (PowerClient)  <- power",
+            "*flasher: 'qemu.flash' is NOT in this tree",
+            "*tests that run here (1):",
+        ]
+    )
+    assert not qemus(), "the listing powered the board on"
 
 
 @pytest.mark.parametrize(
