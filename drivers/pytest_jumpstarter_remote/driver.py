@@ -229,6 +229,8 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         self.started = False
         try:
             if self._powered and self.config.power and self.lost is None:
+                if self._transport is not None:
+                    self._transport.flush()  # what a test typed last reaches the board before the cut
                 with contextlib.suppress(Exception):
                     self._power_client().off()
         finally:
@@ -277,8 +279,8 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         began = time.monotonic()
         # Open the console first where it exists already (a UART): nothing printed at power-on is lost.
         # A console that appears with the board (QEMU's pty) keeps its early output in its own buffer.
-        with contextlib.suppress(DriverError):
-            if self.config.console and self._console is None:
+        if self.config.console and self._console is None and not self._console_comes_with_power():
+            with contextlib.suppress(DriverError):
                 self._open_console()
         self._call(self._power_client().on, "power on")
         self._powered = True
@@ -291,6 +293,14 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
             assert self._console is not None
             self._console.expect(self.config.ready, timeout=self.config.boot_timeout)
         self.timings["power_on_to_ready"] = time.monotonic() - began
+
+    def _console_comes_with_power(self) -> bool:
+        """The console of a jumpstarter-driver-qemu VM: its pty appears with the VM.  Opened before
+        power-on, its path still names the last VM's pty, which by then may be another VM's."""
+        parent = (self.config.console or "").rpartition(".")[0]
+        client = self._session.paths.get(parent) if parent else None
+        kind = str(client.labels.get("jumpstarter.dev/client", "")) if client is not None else ""
+        return kind.startswith("jumpstarter_driver_qemu.")
 
     def off(self) -> None:
         self.require_live("off()")

@@ -172,6 +172,23 @@ def test_an_unreachable_exporter_fails_within_seconds_naming_the_address(pyteste
     assert elapsed < 30, f"took {elapsed:.1f}s"
 
 
+def test_an_exporter_that_accepts_but_never_answers_fails_naming_the_address(pytester):
+    pytest.importorskip("jumpstarter")
+    import socket
+
+    with socket.socket() as silent:  # the kernel accepts connections; nothing ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        pytester.makefile(".yaml", board=board_yaml(address, connect_timeout="2s"))
+        pytester.makepyfile("def test_x(target):\n    target.device('board')\n")
+        result = pytester.runpytest(
+            "--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}"
+        )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*exporter at {address} did not answer within 2s*"])
+
+
 def test_listing_says_an_exporter_is_unreachable_and_imports_no_client_stack(pytester):
     pytester.makefile(".yaml", board=board_yaml("127.0.0.1:1"))
     pytester.makepyfile(
