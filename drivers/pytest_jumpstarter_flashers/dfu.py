@@ -29,6 +29,7 @@ import usb.util
 from pytest_jumpstarter.driver import DeviceContext
 from pytest_jumpstarter.errors import DriverError, FlashError
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.waiting import Deadline
 
 from .base import Destination, FlasherDriver, FlasherSettings
 from .dfu_protocol import (
@@ -89,7 +90,7 @@ class DfuFlasher(FlasherDriver[DfuSettings]):
             self.backend = SimulatedDfuBackend(self.simulator)
         elif self.backend is not None:
             self.simulator = getattr(self.backend, "device", None)
-        device = self._find(deadline=time.monotonic() + settings.find_timeout)
+        device = self._find(Deadline(settings.find_timeout, f"USB device {self._wanted()}"))
         if device is None:
             raise DriverError(
                 self.device_name, f"dfu: no USB device matches {self._wanted()}: is it plugged in?"
@@ -115,7 +116,7 @@ class DfuFlasher(FlasherDriver[DfuSettings]):
         except (usb.core.USBError, IndexError):
             return []
 
-    def _find(self, deadline: float, dfu_mode: bool = False) -> Any:
+    def _find(self, deadline: Deadline, dfu_mode: bool = False) -> Any:
         s = self.ctx.settings
 
         def match(device: Any) -> bool:
@@ -135,10 +136,10 @@ class DfuFlasher(FlasherDriver[DfuSettings]):
 
         while True:
             device = usb.core.find(backend=self.backend, custom_match=match)
-            if device is not None or time.monotonic() >= deadline:
+            if device is not None or deadline.expired:
                 return device
             # Re-enumeration after a detach or reset takes the device a physical while; look again soon.
-            time.sleep(0.05)
+            time.sleep(deadline.remaining(0.05))
 
     def _alt_names(self, device: Any) -> dict[int, str]:
         names = {}
@@ -164,7 +165,7 @@ class DfuFlasher(FlasherDriver[DfuSettings]):
     def _open(self, dest: Destination) -> DfuSession:
         """Find the device, in DFU mode (detaching it if needed), with ``dest``'s alternate setting."""
         timeout_ms = int(self.ctx.settings.request_timeout * 1000)
-        device = self._find(deadline=time.monotonic() + self.ctx.settings.find_timeout)
+        device = self._find(Deadline(self.ctx.settings.find_timeout, f"USB device {self._wanted()}"))
         if device is None:
             raise self.fail(dest, f"no USB device matches {self._wanted()} (unplugged?)")
         interfaces = self._dfu_interfaces(device)
@@ -205,8 +206,9 @@ class DfuFlasher(FlasherDriver[DfuSettings]):
             if not is_gone(exc):  # a device that detaches at once may vanish under the request
                 raise self.fail(dest, f"DFU_DETACH failed: {exc}") from exc
         usb.util.dispose_resources(device)
-        deadline = time.monotonic() + self.ctx.settings.detach_timeout
-        found = self._find(deadline, dfu_mode=True)
+        found = self._find(
+            Deadline(self.ctx.settings.detach_timeout, "the device in DFU mode"), dfu_mode=True
+        )
         if found is None:
             raise self.fail(
                 dest,
@@ -262,7 +264,7 @@ class DfuFlasher(FlasherDriver[DfuSettings]):
         try:
             status = session.get_status()
             status = session.wait_while_busy(
-                status, (State.dfuDNBUSY, State.dfuDNLOAD_SYNC), time.monotonic() + 30.0
+                status, (State.dfuDNBUSY, State.dfuDNLOAD_SYNC), Deadline(30.0, f"writing {where}")
             )
         except usb.core.USBError as exc:
             raise self._usb_failure(session, dest, f"DFU_GETSTATUS after {where}", exc) from exc
@@ -274,7 +276,7 @@ class DfuFlasher(FlasherDriver[DfuSettings]):
             )
 
     def _manifest(self, session: DfuSession, dest: Destination, number: int, size: int) -> None:
-        deadline = time.monotonic() + self.ctx.settings.manifest_timeout
+        deadline = Deadline(self.ctx.settings.manifest_timeout, "manifestation")
         where = f"manifestation after {size} bytes"
         try:
             session._out(Request.DNLOAD, number, b"")

@@ -14,6 +14,8 @@ from typing import Any
 
 import usb.core
 
+from pytest_jumpstarter.waiting import Deadline
+
 REQUEST_OUT = 0x21  # host-to-device, class, interface
 REQUEST_IN = 0xA1  # device-to-host, class, interface
 _FUNCTIONAL = 0x21  # DFU functional descriptor type
@@ -150,11 +152,14 @@ class DfuSession:
             raise ProtocolFault(f"bad GETSTATE reply: expected 1 byte, got {len(reply)}")
         return reply[0]
 
-    def wait_while_busy(self, status: DfuStatus, busy: tuple[State, ...], deadline: float) -> DfuStatus:
+    def wait_while_busy(self, status: DfuStatus, busy: tuple[State, ...], deadline: Deadline) -> DfuStatus:
         """Poll GETSTATUS, waiting the device's ``bwPollTimeout`` before each, while it is busy."""
         while status.state in busy and status.status == Status.OK:
-            if time.monotonic() + status.poll_timeout_ms / 1000 > deadline:
-                raise ProtocolFault(f"device still busy ({status}) at the deadline")
+            left = deadline.remaining()
+            if left is not None and status.poll_timeout_ms / 1000 > left:
+                raise ProtocolFault(
+                    f"device still busy ({status}) {deadline.seconds}s after {deadline.what} began"
+                )
             if status.poll_timeout_ms:
                 # The device said how long it will not answer (it is programming its flash).
                 time.sleep(status.poll_timeout_ms / 1000)
@@ -170,7 +175,9 @@ class DfuSession:
             self._out(Request.ABORT, 0)
         elif status.state in (State.dfuDNLOAD_SYNC, State.dfuDNBUSY, State.dfuMANIFEST_SYNC):
             status = self.wait_while_busy(
-                status, (State.dfuDNBUSY, State.dfuDNLOAD_SYNC, State.dfuMANIFEST_SYNC), time.monotonic() + 10
+                status,
+                (State.dfuDNBUSY, State.dfuDNLOAD_SYNC, State.dfuMANIFEST_SYNC),
+                Deadline(10.0, "the left-over transfer"),
             )
             if status.state == State.dfuERROR:
                 self._out(Request.CLRSTATUS, 0)

@@ -1,14 +1,10 @@
 """A QEMU board: one ``qemu-system-*`` process with a serial console and QMP, switched like hardware.
 
-The board composes its parts, one concern each:
-
-- :mod:`.config`: the settings, their checks and the typed view every part reads;
-- :mod:`.cmdline`: the command line, a pure function of the settings and the per-run files;
-- :mod:`.supervisor`: the process (paused launch on our sockets, pidfd, bounded stop, exit diagnosis);
-- :mod:`.disks` and :mod:`.qemu_img`: per-run overlays (base images are never written);
-- :mod:`.snapshot`: ``reset: snapshot`` (savevm once, loadvm before each test);
-- :mod:`.network`: user-mode networking and its forwards;
-- :mod:`.accel`: ``accel: auto``'s probe, once per command line per run.
+Its parts, one concern each: :mod:`.config` (the settings, their checks and the typed view every part
+reads), :mod:`.cmdline` (the command line, a pure function of the settings and the per-run files),
+:mod:`.supervisor` (the process: paused launch on our sockets, pidfd, bounded stop, exit diagnosis),
+:mod:`.disks` and :mod:`.qemu_img` (per-run overlays; base images are never written), :mod:`.snapshot`
+(``reset: snapshot``), :mod:`.network` (user-mode networking, forwards), :mod:`.accel` (``accel: auto``).
 """
 
 from __future__ import annotations
@@ -60,6 +56,10 @@ class QemuBoard(Driver[QemuSettings]):
     @classmethod
     def check(cls, settings: QemuSettings) -> Iterable[tuple[str, str]]:
         return _config.check(settings)
+
+    @classmethod
+    def provides(cls, settings: QemuSettings) -> tuple[type, ...]:
+        return _config.narrow_parts(settings, super().provides(settings))
 
     def __init__(self, ctx: DeviceContext[QemuSettings]) -> None:
         super().__init__(ctx)

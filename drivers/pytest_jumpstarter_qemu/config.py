@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pytest_jumpstarter.capabilities import Addressable, Network, TftpHost
+from pytest_jumpstarter.capabilities import UserNetwork as UserNetworkPart
 from pytest_jumpstarter.settings import setting
 from pytest_jumpstarter.shell_settings import ShellSettings, check_shell
 
@@ -167,3 +169,15 @@ def check(settings: QemuSettings) -> Iterable[tuple[str, str]]:
     for name in settings.disks:
         if not DISK_NAME.fullmatch(name):
             yield "disks", f"disk name {name!r}: use letters, digits, - and _"
+
+
+def narrow_parts(settings: QemuSettings, parts: tuple[type, ...]) -> tuple[type, ...]:
+    """What a board so configured really has: no NIC (``network: none``) means no forwards, no
+    address and no TFTP; TFTP only with ``network: {tftp: true}``.  The loader then rejects, at
+    the target file's line, a flasher or tunnel that needs what the board lacks."""
+    network = settings.user_network
+    if network is None:
+        absent: set[type] = {UserNetworkPart, Network, Addressable, TftpHost}
+    else:
+        absent = set() if network.tftp else {TftpHost}
+    return tuple(part for part in parts if part not in absent)

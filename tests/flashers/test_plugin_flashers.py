@@ -158,3 +158,31 @@ devices:
         ["*target.yaml:5: devices.flasher.board: device 'uart0' (driver serial)*Power*"]
     )
     assert "tftp_root" not in result.stderr.str()
+
+
+def test_uboot_tftp_on_a_qemu_board_without_tftp_is_refused_at_load(pytester: pytest.Pytester) -> None:
+    """A QEMU board serves TFTP only with ``network: {tftp: true}``; without it the flasher has no
+    folder to serve from, and that is said at the target's line, not mid-flash."""
+    pytester.makefile(
+        ".yaml",
+        target="""
+name: no-tftp
+devices:
+  qemu_vm: {driver: qemu, bios: /dev/null, autostart: false, network: {forwards: {ssh: 22}}}
+  flasher: {driver: uboot-tftp, board: qemu_vm}
+""",
+    )
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "*target.yaml:4: devices.flasher.board: uboot-tftp needs a tftp_root: set tftp_root or use "
+            "a board that provides TftpHost (tftp_root); device 'qemu_vm' (driver qemu) does not"
+        ]
+    )
+    pytester.makefile(
+        ".yaml",
+        target=pytester.path.joinpath("target.yaml").read_text().replace("forwards: {ssh: 22}", "tftp: true"),
+    )
+    assert pytester.runpytest("--target=target.yaml", "-p", "no:cacheprovider").ret == pytest.ExitCode.OK

@@ -190,3 +190,22 @@ def test_a_tunnel_whose_board_lacks_what_it_needs_is_a_located_usage_error(pytes
         ]
     )
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_tunnel_on_a_qemu_board_without_a_nic_is_refused_at_load(pytester: pytest.Pytester) -> None:
+    """``network: none`` gives the board no NIC: nothing to forward to, said at the target's line."""
+    pytester.makefile(
+        ".yaml",
+        nonic="""
+name: nonic
+devices:
+  qemu_vm: {driver: qemu, bios: /dev/null, autostart: false, network: none}
+  tunnel: {driver: qemu-user-forward, board: qemu_vm, forwards: {ssh: 22}}
+""",
+    )
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--target=nonic.yaml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*nonic.yaml:4: devices.tunnel.board: device 'qemu_vm' (driver qemu) does not provide UserNetwork*"]
+    )
