@@ -43,8 +43,9 @@ def board(settings: dict[str, Any], workdir: Path, mode: str, cache: Path, reset
     return QemuBoard(ctx)
 
 
-def first_command(make: Callable[[], QemuBoard], command: str) -> tuple[float, int]:
-    """Seconds from start() to the answer of the first command, and QEMU's RSS then."""
+def first_command(make: Callable[[], QemuBoard], command: str) -> tuple[float, int, float]:
+    """Seconds from start() to the answer of the first command, QEMU's RSS then, and the seconds
+    its save took (0 when it did not save)."""
     b = make()
     started = time.monotonic()
     try:
@@ -53,7 +54,7 @@ def first_command(make: Callable[[], QemuBoard], command: str) -> tuple[float, i
             b.uboot.run(command)
         else:
             b.console.run(command)
-        return time.monotonic() - started, b.rss() or 0
+        return time.monotonic() - started, b.rss() or 0, b.warm.timings.get("save", 0.0)
     finally:
         b.stop()
 
@@ -67,14 +68,16 @@ def measure_board(
     def make(mode: str) -> Callable[[], QemuBoard]:
         return lambda: board(settings, tmp / f"{name}-{next(n)}", mode, cache)
 
-    cold, miss, hit, again = [], [], [], []
+    cold, miss, hit, again, save = [], [], [], [], []
     cold_rss = hit_rss = 0
     for _ in range(rounds):
         StateCache(cache).clear()
-        seconds, cold_rss = first_command(make("off"), command)
+        seconds, cold_rss, _ = first_command(make("off"), command)
         cold.append(seconds)
-        miss.append(first_command(make("on"), command)[0])  # empty cache: boot, then save
-        seconds, hit_rss = first_command(make("on"), command)
+        seconds, _, saved = first_command(make("on"), command)  # empty cache: boot, then save
+        miss.append(seconds)
+        save.append(saved)
+        seconds, hit_rss, _ = first_command(make("on"), command)
         hit.append(seconds)  # right after the save: its file may still be in writeback
         again.append(first_command(make("on"), command)[0])
     _, disk = StateCache(cache).usage()
@@ -82,7 +85,7 @@ def measure_board(
     StateCache(cache).clear()
     return {
         "cold": statistics.median(cold), "miss": statistics.median(miss), "hit": statistics.median(hit),
-        "again": statistics.median(again), "again_all": again,
+        "again": statistics.median(again), "again_all": again, "save": statistics.median(save),
         "cold_all": cold, "miss_all": miss, "hit_all": hit, "disk": disk,
         "stream": entries[0].size if entries else 0, "cold_rss": cold_rss, "hit_rss": hit_rss,
     }  # fmt: skip
@@ -197,6 +200,10 @@ def main() -> None:
                 f"(ratio {m['hit'] / m['cold']:.3f}), cache miss {m['miss']:.2f}s "
                 f"({m['miss'] / m['cold'] - 1:+.1%} over cold); a later hit {m['again']:.2f}s"
                 f" (ratio {m['again'] / m['cold']:.3f})"
+            )
+            print(
+                f"     the save itself (the miss's only extra step): {m['save']:.3f}s, "
+                f"{m['save'] / m['cold']:+.1%} of the cold boot"
             )
             print(
                 "     all: "

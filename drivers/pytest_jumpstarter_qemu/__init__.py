@@ -73,7 +73,7 @@ def pytest_jumpstarter_list_device(config: pytest.Config, target: Any, device: A
     from pytest_jumpstarter.cacheopts import cache_options
     from pytest_jumpstarter.errors import JumpstarterError
 
-    from .statecache import make_key
+    from .statecache import FileFacts, make_key
     from .warm import CacheOptions, key_parts, off_reason
 
     options = CacheOptions.from_extra(cache_options(config))
@@ -84,7 +84,8 @@ def pytest_jumpstarter_list_device(config: pytest.Config, target: Any, device: A
     if why is not None:
         return [f"cache: off ({why})"]
     try:
-        key = make_key(key_parts(device.settings, device.settings.accel, reset == "snapshot"))
+        facts = FileFacts(options.cache().folder / FileFacts.NAME, write=False)  # a listing writes nothing
+        key = make_key(key_parts(device.settings, device.settings.accel, reset == "snapshot", facts))
     except (OSError, JumpstarterError) as exc:
         return [f"cache: miss (cannot make its key: {str(exc).splitlines()[0]})"]
     entry = options.cache().peek(key)

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,20 +42,80 @@ def make_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a file's content (memoized per process by path, size and mtime)."""
+def _identity(path: Path) -> list[int]:
+    """What changes whenever a file's content may have: any write sets ``ctime`` to now, and no
+    tool can set it back (``cp -p`` and ``touch -d`` restore ``mtime`` only)."""
     st = path.stat()
-    memo = (str(path), st.st_size, st.st_mtime_ns)
-    if memo not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        _HASHES[memo] = digest.hexdigest()
-    return _HASHES[memo]
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class FileFacts:
+    """Values computed from files (a content hash, a ``--version`` line), kept in a JSON file across
+    runs and valid while the file's :func:`_identity` is unchanged: a run's first start then does
+    not re-read a 14 MB kernel (~20 ms) or run ``qemu --version`` (~20 ms) to make its cache key."""
+
+    #: The store's file name in a cache folder.
+    NAME = "files.json"
+    #: A file changed this recently is not memoized: file times come from a coarse clock (a few
+    #: ms), so a second write in the same tick could leave all of its identity unchanged.
+    SETTLE_NS = 2_000_000_000
+
+    def __init__(self, store: Path | None, write: bool = True) -> None:
+        self.store = store
+        self.write = write  # False: read the store, never add to it (--jumpstarter-cache=read)
+        self._facts: dict[str, list[Any]] | None = None
+
+    def get(self, path: Path, kind: str, compute: Callable[[Path], str]) -> str:
+        identity = _identity(path)
+        name = f"{kind}:{path.resolve()}"
+        for facts in (_MEMO, self._load()):  # this process's, then earlier runs'
+            known = facts.get(name)
+            if isinstance(known, list) and known[:-1] == identity and isinstance(known[-1], str):
+                return known[-1]
+        value = compute(path)
+        if time.time_ns() - identity[-1] >= self.SETTLE_NS:
+            _MEMO[name] = [*identity, value]
+            self._save(name, _MEMO[name])
+        return value
+
+    def _load(self) -> dict[str, list[Any]]:
+        if self._facts is None:
+            self._facts = {} if self.store is None else _read_facts(self.store)
+        return self._facts
+
+    def _save(self, name: str, row: list[Any]) -> None:
+        if self.store is None or not self.write:
+            return
+        with contextlib.suppress(OSError):  # a memo: losing it costs a recomputation, nothing else
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            merged = {**_read_facts(self.store), name: row}  # keep what another run added meanwhile
+            tmp = self.store.with_name(f".{self.store.name}-{os.getpid()}")
+            tmp.write_text(json.dumps(merged, sort_keys=True))
+            os.replace(tmp, self.store)
+
+
+_MEMO: dict[str, list[Any]] = {}
+
+
+def _read_facts(store: Path) -> dict[str, list[Any]]:
+    try:
+        facts = json.loads(store.read_text())
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_hash(path: Path, facts: FileFacts | None = None) -> str:
+    """sha256 of a file's content (memoized in ``facts``, else per process)."""
+    return (facts or FileFacts(None)).get(path, "sha256", _sha256)
 
 
 @dataclass(frozen=True)
@@ -206,7 +266,7 @@ class StateCache:
         if not self.folder.is_dir():
             return 0
         for path in self.folder.iterdir():
-            if path.name.endswith(".lock"):
+            if path.name.endswith(".lock") or FileFacts.NAME in path.name:
                 path.unlink(missing_ok=True)
             elif path.is_dir() and path.name.startswith("."):  # an interrupted writer's or deleter's
                 shutil.rmtree(path, ignore_errors=True)

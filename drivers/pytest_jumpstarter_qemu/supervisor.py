@@ -26,6 +26,7 @@ from pytest_jumpstarter.workfiles import socket_dir
 
 from .cmdline import socket_args
 from .qmp import Qmp
+from .qmp import prepare as prepare_qmp
 
 #: How long QEMU may take to connect to its sockets and answer the QMP handshake.
 CONNECT_TIMEOUT = 30.0
@@ -80,6 +81,7 @@ class QemuProcess:
             self.launched = time.monotonic()
             self.child = Child(self.command, device=self.device, stdout="stderr", stderr=self.stderr_path)
             progress(f"{self.device}: QEMU pid {self.child.pid} starting")
+            prepare_qmp()  # in parallel with QEMU's own start-up
             deadline = Deadline(CONNECT_TIMEOUT, f"QEMU (pid {self.child.pid}) to connect to its sockets")
             console = stack.enter_context(self._accept(listeners[0], deadline, "the console socket"))
             qmp = stack.enter_context(self._accept(listeners[1], deadline, "the QMP socket"))

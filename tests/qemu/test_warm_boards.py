@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from pytest_jumpstarter_qemu import QemuBoard
+from pytest_jumpstarter_qemu import QemuBoard, statecache
 from pytest_jumpstarter_qemu.images import Images
-from pytest_jumpstarter_qemu.statecache import StateCache, make_key
+from pytest_jumpstarter_qemu.qmp import Qmp
+from pytest_jumpstarter_qemu.statecache import FileFacts, StateCache, make_key
+from pytest_jumpstarter_qemu.warm import SAVE_BANDWIDTH, _pass_file
 from qemu_board_helpers import linux_settings, uboot_settings
 
 from pytest_jumpstarter.driver import DeviceContext, Transcript
+from pytest_jumpstarter.errors import DriverError
 
 
 def fake_entry(cache: StateCache, name: str, size: int = 10) -> str:
@@ -70,6 +74,52 @@ def test_eviction_keeps_the_most_recently_used_within_the_bounds(tmp_path: Path)
     assert cache.clear() == 2 and cache.entries() == []
 
 
+def test_file_facts_are_kept_across_runs_until_the_file_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FileFacts, "SETTLE_NS", 0)
+    memo: dict[str, list[Any]] = {}
+    monkeypatch.setattr(statecache, "_MEMO", memo)  # this process's memo; cleared for "another run"
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"a" * 100)
+    store = tmp_path / "cache" / FileFacts.NAME
+    computed: list[bytes] = []
+
+    def digest(path: Path) -> str:
+        computed.append(path.read_bytes())
+        return hashlib.sha256(computed[-1]).hexdigest()
+
+    first = FileFacts(store).get(kernel, "sha256", digest)
+    assert FileFacts(store).get(kernel, "sha256", digest) == first  # the same process: its memo
+    memo.clear()
+    assert FileFacts(store).get(kernel, "sha256", digest) == first  # a second run: from the store
+    assert len(computed) == 1
+    # Same size, mtime put back (as cp -p does): only ctime tells; wait for the file clock to move.
+    old = kernel.stat()
+    deadline = time.monotonic() + 5.0
+    while kernel.stat().st_ctime_ns == old.st_ctime_ns and time.monotonic() < deadline:
+        kernel.write_bytes(b"b" * 100)
+        os.utime(kernel, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert FileFacts(store).get(kernel, "sha256", digest) == hashlib.sha256(b"b" * 100).hexdigest()
+    memo.clear()
+    assert FileFacts(store, write=False).get(kernel, "sha256", digest)  # read mode: from the store
+    assert len(computed) == 2
+    monkeypatch.setattr(FileFacts, "SETTLE_NS", 10**12)  # changed just now: never memoized
+    kernel.write_bytes(b"c" * 100)
+    FileFacts(store).get(kernel, "sha256", digest)
+    FileFacts(store).get(kernel, "sha256", digest)
+    assert computed[-2:] == [b"c" * 100] * 2
+    assert StateCache(tmp_path / "cache").clear() == 0 and not store.exists()
+
+
+def test_a_state_file_gone_before_it_is_opened_is_a_driver_error_so_the_board_boots_cold(
+    tmp_path: Path,
+) -> None:
+    # An entry another run evicted between the lookup and the load: os.open fails before QMP is used.
+    with pytest.raises(DriverError, match=r"cannot open the booted state .*gone.*No such file"):
+        _pass_file(cast(Qmp, None), tmp_path / "gone", os.O_RDONLY, "qemu_vm")
+
+
 def cached_board(settings: dict[str, Any], workdir: Path, cache_dir: Path, mode: str = "on") -> QemuBoard:
     workdir.mkdir(parents=True, exist_ok=True)
     return QemuBoard(
@@ -91,6 +141,9 @@ def test_a_linux_board_starts_from_its_kept_state_with_the_host_clock_and_fresh_
     try:
         cold.start()
         assert cold.warm.note is None and "save" in cold.warm.timings
+        # The save is not held to QEMU's live-migration default of 128 MiB/s (0.76 s for this state).
+        parameters = cold.execute("query-migrate-parameters")
+        assert parameters["max-bandwidth"] == SAVE_BANDWIDTH, parameters
         cold.console.run("echo from-the-cold-board > /tmp/mark")
     finally:
         cold.stop()
@@ -135,6 +188,7 @@ def test_read_mode_never_writes_and_cache_false_boots_cold(tmp_path: Path, image
     finally:
         board.stop()
     assert StateCache(cache_dir).entries() == []
+    assert not cache_dir.exists() or list(cache_dir.iterdir()) == [], "read mode wrote into the cache"
     board = cached_board(linux_settings(images, cache=False), tmp_path / "f", cache_dir)
     assert board.warm.off_reason == "cache: false"
 
