@@ -89,6 +89,11 @@ class DeviceExited(DriverError):
         super().__init__(device, "\n".join(parts))
 
 
+class Halted(str):
+    """A console owner's diagnosis saying the device cannot run at all (a stopped or paused VM):
+    interrupting what it was doing cannot help, so a timed-out command is not interrupted."""
+
+
 class ConsoleTimeout(DriverError, pexpect.TIMEOUT):  # type: ignore[misc]
     """A console wait passed its deadline.  Still a ``pexpect.TIMEOUT`` for pexpect-style callers."""
 

@@ -21,7 +21,7 @@ class LinuxShell(Shell):
 
     ash sends ``ESC[6n`` before each prompt and re-wraps long echoed command lines, so neither the
     prompt nor the echo can be matched reliably.  The command is bracketed by ``printf`` calls whose
-    output contains a byte (0x1e) that the echo shows only as the four characters ``\\036``.  The
+    output contains a byte (0x1e) that the echo shows only as the three characters ``\\36``.  The
     command runs inside ``{ ...\\n}``, so comments, pipes and a missing final newline are its own
     business; a syntax error comes back at once as status 2 with the shell's message.
     """
@@ -37,7 +37,7 @@ class LinuxShell(Shell):
                 console.device,
                 f"command of {len(command)} characters: the shell takes at most {self.line_limit}",
             )
-        token = self._token()
+        token = self._short_token()
         seconds = cap(console.timeout if timeout is None else timeout) or 0.0  # within pytest-timeout's
         deadline = Deadline(seconds, f"the end of command {command!r}")
         # Two bounded patterns rather than one spanning the output: a long output is then searched
@@ -48,8 +48,11 @@ class LinuxShell(Shell):
         # marker; ash reads the whole compound before running any of it, so a command that reads
         # stdin cannot eat the marker line.  A syntax error makes ash drop the whole input: its message
         # then comes instead of the begin marker.
+        # Every character of the line is echoed back through the board's UART (about 0.1 ms each on
+        # a remote console), so the frame is as short as it can be: a short token, ``\36`` (printf
+        # takes 1-3 octal digits), no spaces that the shell does not need.
         body = command if command.strip() else ":"
-        line = f"printf '\\036B{token}\\036\\n'; {{ {body}\n}}; printf '\\036E{token}:%d\\036\\n' $?"
+        line = f"printf '\\36B{token}\\36\\n';{{ {body}\n}};printf '\\36E{token}:%d\\36\\n' $?"
         with console.watched(), self._resync_on_timeout(f"the end of command {command!r}", seconds) as start:
             console.sendline(line)
             if console.expect([begin, SYNTAX_ERROR], timeout=deadline.remaining()) == 1:
@@ -67,7 +70,7 @@ class LinuxShell(Shell):
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)
 
     def sync(self, timeout: float = 5.0) -> None:
-        token = self._token()
-        self.console.sendline(f"printf '\\036S{token}\\036\\n'")
+        token = self._short_token()
+        self.console.sendline(f"printf '\\36S{token}\\36\\n'")
         self.console.expect(f"\x1eS{token}\x1e\r?\n", timeout=timeout)
         self.console.settled = True

@@ -199,13 +199,18 @@ class DeviceLease:
 
 
 def process_start(pid: int) -> str:
-    """The start time of process ``pid`` (to tell a reused PID from the original), or "" if it is gone."""
+    """The start time of process ``pid`` (to tell a reused PID from the original), or "" if it is gone.
+
+    A zombie is gone: it has exited (its files and locks released) and waits only to be reaped, which
+    for a killed xdist worker may come after its replacement has started.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
     # The command name (field 2) may contain spaces and parentheses; fields after the last ")" are fixed.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] == "Z" else fields[19]
 
 
 def boot_id() -> str:

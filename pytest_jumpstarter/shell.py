@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import ConsoleTimeout, DriverError
+from .errors import ConsoleTimeout, DriverError, Halted
 from .shell_settings import LoginSettings, ShellSettings
+from .timeouts import cap
 from .waiting import Deadline
 
 if TYPE_CHECKING:
@@ -146,7 +147,13 @@ class Shell:
         try:
             yield start
         except ConsoleTimeout as exc:
-            note = self._resync()
+            if isinstance(exc.diagnosis, Halted):
+                note = " (not interrupted: the device cannot run, see below)"
+            elif _budget_spent(self.settings.resync_timeout):
+                # An interrupt given no time would only "fail" to get the prompt back.
+                note = " (not interrupted: the test's pytest-timeout budget is spent)"
+            else:
+                note = self._resync()
             elapsed = round(time.monotonic() - start, 3)
             raise ConsoleTimeout(
                 console.device, f"{what}{note}", elapsed, console.tail(), exc.diagnosis
@@ -187,3 +194,9 @@ class Shell:
                 console.sendline(login.password or "")
             elif index == 2:
                 return
+
+
+def _budget_spent(resync_timeout: float) -> bool:
+    """Whether the test's pytest-timeout budget leaves no time for an interrupt and resync."""
+    left = cap(resync_timeout)
+    return left is not None and left < 0.1

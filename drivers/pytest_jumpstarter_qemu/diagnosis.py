@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pytest_jumpstarter.errors import JumpstarterError
+from pytest_jumpstarter.errors import Halted, JumpstarterError
 
 from .qmp import Events, Qmp
 
@@ -44,12 +44,12 @@ def diagnose(pid: int | None, qmp: Qmp | None, events: Events) -> str | None:
     state = process_state(pid)
     if state in ("T", "t"):
         # A stopped QEMU cannot answer QMP either: don't wait for it.
-        return (
+        return Halted(
             f"QEMU (pid {pid}) is stopped by a signal (process state {state}: SIGSTOP, SIGTSTP or a "
             "debugger); the guest cannot run until it gets SIGCONT"
         )
     if state in ("", "Z"):
-        return f"QEMU (pid {pid}) has exited"
+        return Halted(f"QEMU (pid {pid}) has exited")
     if qmp is None:
         return None
     try:
@@ -62,7 +62,8 @@ def diagnose(pid: int | None, qmp: Qmp | None, events: Events) -> str | None:
     found = f"QEMU run state: {run_state}: {_STOPPED.get(run_state, 'the guest is not running')}"
     if run_state == "io-error":
         found += _io_error(events)
-    return found
+    # A state of _STOPPED lasts until someone acts; the others (migration, savevm) pass by themselves.
+    return Halted(found) if run_state in _STOPPED else found
 
 
 def _io_error(events: Events) -> str:

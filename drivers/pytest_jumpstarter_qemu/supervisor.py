@@ -25,6 +25,7 @@ from pytest_jumpstarter.waiting import Deadline
 from pytest_jumpstarter.workfiles import socket_dir
 
 from .cmdline import socket_args
+from .diagnosis import process_state
 from .qmp import Qmp
 from .qmp import prepare as prepare_qmp
 
@@ -134,6 +135,11 @@ class QemuProcess:
         return self.child.pid if self.child is not None else None
 
     @property
+    def stopped_by_signal(self) -> bool:
+        """QEMU is stopped (SIGSTOP, SIGTSTP, a debugger): it runs nothing, QMP included."""
+        return self.child is not None and process_state(self.child.pid) in ("T", "t")
+
+    @property
     def running(self) -> bool:
         return self.child is not None and self.child.running
 
@@ -167,7 +173,8 @@ class QemuProcess:
     def stop(self, powerdown_timeout: float, drain: Callable[[], None]) -> None:
         """End QEMU, bounded: ACPI powerdown if asked, QMP quit, SIGTERM, SIGKILL; then :meth:`close`."""
         try:
-            if self.running and self.qmp is not None:
+            # A QEMU stopped by a signal answers neither powerdown nor quit: SIGTERM (and SIGCONT) at once.
+            if self.running and self.qmp is not None and not self.stopped_by_signal:
                 if powerdown_timeout > 0:
                     with contextlib.suppress(DriverError):
                         self.qmp.execute("system_powerdown", timeout=2.0)

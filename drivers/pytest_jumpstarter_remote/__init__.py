@@ -7,7 +7,8 @@ Registering costs nothing: the driver modules load with a target, and the Jumpst
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +28,17 @@ def pytest_jumpstarter_add_drivers() -> list[DriverRef]:
         DriverRef("jumpstarter", "pytest_jumpstarter_remote.driver:JumpstarterBoard"),
         DriverRef("jumpstarter-network", "pytest_jumpstarter_remote.tunnel:JumpstarterNetwork"),
     ]
+
+
+@pytest.hookimpl
+def pytest_jumpstarter_list_device(config: pytest.Config, target: Any, device: Any) -> list[str]:
+    """Where a ``jumpstarter`` board is served from, and its driver tree (see :mod:`.listing`)."""
+    driver = sys.modules.get(f"{__name__}.driver")  # not loaded: the target has no jumpstarter board
+    if driver is None or device.driver is not driver.JumpstarterBoard or device.settings is None:
+        return []
+    from .listing import describe
+
+    return describe(device.name, device.settings)
 
 
 __getattr__ = lazy_exports(__name__, _WHERE)

@@ -39,10 +39,13 @@ from pytest_jumpstarter.console import LINUX_FATAL_PATTERNS, Console
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import ConsoleClosed, DeviceStateError, DriverError
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.waiting import Deadline
 
 from .network import Forwards
 
 SOURCES = ("exporter", "client", "exporter_config")
+#: How long a standalone exporter whose console stream ended is watched for going away (seconds).
+GONE_WINDOW = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +158,8 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         self._powered = False
         self.lost: DriverError | None = None
         self.timings: dict[str, float] = {}
+        #: Where the board is served from, for the test reports (kept after stop: a teardown report).
+        self._report: dict[str, str] = {}
 
     @property
     def config(self) -> JumpstarterSettings:
@@ -176,6 +181,7 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         try:
             if cfg.exporter:
                 tls_ca = cfg.tls_ca.read_bytes() if cfg.tls_ca else None
+                self._report = {"exporter": cfg.exporter}
                 self._session.connect_tcp(
                     cfg.exporter,
                     insecure=cfg.insecure,
@@ -190,12 +196,14 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
                     self, cfg.client, cfg.selector, cfg.duration, cfg.acquisition_timeout
                 )
                 self._source.acquire_and_connect(self._session)
+                self._report = self._source.report()
             else:
                 from .local import LocalExporter
 
                 assert cfg.exporter_config is not None
                 self._source = LocalExporter(self.device_name, cfg.exporter_config, self.ctx.workdir)
                 address = self._source.start(cfg.connect_timeout)
+                self._report = {"exporter": f"{address} (jmp run --exporter-config {cfg.exporter_config})"}
                 self._session.connect_tcp(
                     address, insecure=True, tls_ca=None, passphrase=None, timeout=cfg.connect_timeout
                 )
@@ -224,6 +232,8 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         self.started = False
         try:
             if self._powered and self.config.power and self.lost is None:
+                if self._transport is not None:
+                    self._transport.flush()  # what a test typed last reaches the board before the cut
                 with contextlib.suppress(Exception):
                     self._power_client().off()
         finally:
@@ -272,8 +282,8 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         began = time.monotonic()
         # Open the console first where it exists already (a UART): nothing printed at power-on is lost.
         # A console that appears with the board (QEMU's pty) keeps its early output in its own buffer.
-        with contextlib.suppress(DriverError):
-            if self.config.console and self._console is None:
+        if self.config.console and self._console is None and not self._console_comes_with_power():
+            with contextlib.suppress(DriverError):
                 self._open_console()
         self._call(self._power_client().on, "power on")
         self._powered = True
@@ -286,6 +296,14 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
             assert self._console is not None
             self._console.expect(self.config.ready, timeout=self.config.boot_timeout)
         self.timings["power_on_to_ready"] = time.monotonic() - began
+
+    def _console_comes_with_power(self) -> bool:
+        """The console of a jumpstarter-driver-qemu VM: its pty appears with the VM.  Opened before
+        power-on, its path still names the last VM's pty, which by then may be another VM's."""
+        parent = (self.config.console or "").rpartition(".")[0]
+        client = self._session.paths.get(parent) if parent else None
+        kind = str(client.labels.get("jumpstarter.dev/client", "")) if client is not None else ""
+        return kind.startswith("jumpstarter_driver_qemu.")
 
     def off(self) -> None:
         self.require_live("off()")
@@ -369,8 +387,15 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
         """A standalone exporter's stream ended: if the exporter no longer answers, that is the news."""
         from .session import ExporterUnreachable, probe_tcp
 
+        # An exporter that is going away (SIGTERM, a crash of one of its processes) breaks the stream
+        # a moment before its listener closes: watch it for a moment before calling the stream's end news.
+        deadline = Deadline(GONE_WINDOW, f"the exporter at {address} to go away")
         try:
-            probe_tcp(self.device_name, address, 2.0)
+            while True:
+                probe_tcp(self.device_name, address, 2.0)
+                if deadline.expired:
+                    return
+                time.sleep(0.05)  # the listener closes without telling us: probe it again
         except ExporterUnreachable as exc:
             self.end(
                 ExporterUnreachable(
@@ -454,6 +479,11 @@ class JumpstarterBoard(Driver[JumpstarterSettings]):
     def session(self) -> Any:
         self.require_live("session")
         return self._session
+
+    def report_properties(self) -> dict[str, str]:
+        """Where the board was served from, in every test's report (JUnit properties): the exporter's
+        address or name and, when leased, the lease, its controller and selector.  Never a secret."""
+        return dict(self._report)
 
     @property
     def lease_name(self) -> str | None:

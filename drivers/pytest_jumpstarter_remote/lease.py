@@ -119,6 +119,11 @@ class ControllerLease:
         self._watcher = threading.Thread(target=self._watch, name=f"lease-{self.name}", daemon=True)
         self._watcher.start()
 
+    def report(self) -> dict[str, str]:
+        """The lease for the test reports: its name, the exporter, the controller and the selector."""
+        found = {"lease": self.name, "exporter": self.exporter, "controller": self.endpoint}
+        return {k: v for k, v in {**found, "selector": self.selector}.items() if v}
+
     def _wait(self, endpoint: str) -> None:
         deadline = time.monotonic() + self.timeout
         told = ""

@@ -23,6 +23,14 @@ class ExporterUnreachable(DriverError):
     """The exporter (or the controller) did not answer at its address."""
 
 
+class ExporterSilent(ExporterUnreachable):
+    """The exporter did not answer within the time given (it may be slow, or not there)."""
+
+
+#: How long a connect to a standalone exporter runs before a TCP probe checks that it is there.
+FIRST_ATTEMPT = 5.0
+
+
 def probe_tcp(device: str, address: str, timeout: float, what: str = "exporter") -> None:
     """Fail within ``timeout`` seconds, naming ``address``, if nothing accepts TCP connections there."""
     host, _, port = address.rpartition(":")
@@ -55,23 +63,43 @@ def client_kind(client: Any) -> str:
     return label.rsplit(".", 1)[-1]
 
 
+#: Bytes written to a console but not yet taken by its stream, beyond which ``write`` waits.
+WRITE_BACKLOG = 256 * 1024
+#: How long ``write`` waits for the stream to take a full backlog, and ``close`` for it to drain.
+WRITE_TIMEOUT = 10.0
+FLUSH_TIMEOUT = 2.0
+
+
 class StreamTransport:
     """A :class:`pytest_jumpstarter.console.Transport` over a Jumpstarter byte stream (a console).
 
     A task on the session's event loop receives into a buffer from the moment the stream opens,
     so nothing the board prints is lost between opening and the first expect.  :meth:`fail` ends
     reads at once with a reason (a lost lease), which the console reports instead of a timeout.
+
+    Writes are queued to a writer task in order and ``write`` returns at once, as a write to a
+    socket does: waiting for the loop thread to finish each send would cost every keystroke one
+    more thread hand-off (a round trip's worth under load).  Only a backlog the stream does not take
+    (``WRITE_BACKLOG``) makes ``write`` wait; :meth:`flush` and :meth:`close` drain what is queued.
     """
 
     def __init__(self, session: Session, client: Any) -> None:
+        import asyncio
+
         self._session = session
         self._buffer = bytearray()
         self._cond = threading.Condition()
+        self._room = threading.Condition()  # writers waiting for the backlog to drain
+        self._backlog = 0
         self._ended: str | None = None
         self.failure: BaseException | None = None
         self._cm = session.portal.wrap_async_context_manager(client.stream_async("connect"))
         self._stream = self._cm.__enter__()
+        # The portal runs asyncio (the client stack is grpc.aio); its loop takes our writes directly.
+        self._loop: asyncio.AbstractEventLoop = session.portal.call(asyncio.get_running_loop)
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._pump = session.portal.start_task_soon(self._receive)
+        self._writer = session.portal.start_task_soon(self._send_all)
 
     async def _receive(self) -> None:
         import anyio
@@ -89,11 +117,28 @@ class StreamTransport:
             self._end(f"the console stream failed: {type(exc).__name__}: {exc}")
             raise
 
+    async def _send_all(self) -> None:
+        import anyio
+
+        try:
+            while True:
+                data = await self._outbox.get()
+                await self._stream.send(data)
+                with self._room:
+                    self._backlog -= len(data)
+                    self._room.notify_all()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            self._end(f"the exporter closed the console stream ({type(exc).__name__})")
+        except Exception as exc:
+            self._end(f"writing to the console failed: {type(exc).__name__}: {exc}")
+
     def _end(self, why: str) -> None:
         with self._cond:
             if self._ended is None:
                 self._ended = why
             self._cond.notify_all()
+        with self._room:
+            self._room.notify_all()
 
     @property
     def ended(self) -> str | None:
@@ -118,14 +163,31 @@ class StreamTransport:
             return b""
 
     def write(self, data: bytes) -> None:
-        if self._ended is not None:
-            raise EOFError(self._ended)
+        with self._room:
+            if self._backlog > WRITE_BACKLOG and not self._room.wait_for(
+                lambda: self._backlog <= WRITE_BACKLOG or self._ended is not None, WRITE_TIMEOUT
+            ):
+                raise TimeoutError(
+                    f"writing to the console (the exporter took none of {self._backlog} queued bytes)",
+                    WRITE_TIMEOUT,
+                )
+            if self._ended is not None:
+                raise EOFError(self._ended)
+            self._backlog += len(data)
         try:
-            self._session.call(self._stream.send, data, timeout=10.0, what="writing to the console")
-        except DriverError as exc:
-            raise EOFError(str(exc)) from exc
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, data)
+        except RuntimeError as exc:  # the session's loop is gone
+            raise EOFError(f"the console's session is closed ({exc})") from None
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
+        """Wait until the stream has taken every byte written (or ended); False after ``timeout``."""
+        with self._room:
+            return self._room.wait_for(lambda: self._backlog <= 0 or self._ended is not None, timeout)
 
     def close(self) -> None:
+        if self._ended is None:
+            self.flush()  # what a test typed last (a `reboot`, a `sync`) still reaches the board
+        self._writer.cancel()
         self._pump.cancel()
         with contextlib.suppress(Exception):
             self._cm.__exit__(None, None, None)
@@ -173,10 +235,10 @@ class Session:
         from jumpstarter.client import client_from_path
         from jumpstarter.config.tls import TLSConfigV1Alpha1
 
-        probe_tcp(self.device, address, min(timeout, 5.0))
         tls = TLSConfigV1Alpha1(ca=tls_ca or "", insecure=False)
-        self._enter(
-            client_from_path(
+
+        def attempt(seconds: float) -> None:
+            cm = client_from_path(
                 address,
                 self.portal,
                 self._clients,
@@ -185,10 +247,29 @@ class Session:
                 tls_config=tls,
                 insecure=insecure,
                 passphrase=passphrase,
-            ),
-            timeout,
-            f"exporter at {address}",
-        )
+            )
+            self._enter(cm, seconds, f"exporter at {address}")
+
+        # No TCP probe before connecting (it would cost every connect a round trip and the
+        # exporter a connection): only when the connect fails, or is slow, does a probe tell a
+        # host that is not there ("refused", "no route") from an exporter that answers slowly.
+        first = min(timeout, FIRST_ATTEMPT)
+        try:
+            attempt(first)
+        except ExporterSilent:
+            probe_tcp(self.device, address, 2.0)
+            if timeout <= first:
+                raise
+            try:
+                attempt(timeout - first)  # it accepts connections: give it the rest of the time
+            except ExporterSilent:
+                raise ExporterSilent(
+                    self.device,
+                    f"exporter at {address} accepts connections but did not answer within {timeout:g}s",
+                ) from None
+        except ExporterUnreachable:
+            probe_tcp(self.device, address, 2.0)
+            raise
 
     def connect_unix(self, path: str, timeout: float, what: str) -> None:
         """Connect through a local Unix socket (a lease's router tunnel)."""
@@ -210,7 +291,7 @@ class Session:
                 self.portal.wrap_async_context_manager(_bounded(cm, timeout))
             )
         except TimeoutError:
-            raise ExporterUnreachable(self.device, f"{what} did not answer within {timeout:g}s") from None
+            raise ExporterSilent(self.device, f"{what} did not answer within {timeout:g}s") from None
         except ImportError as exc:
             raise DriverError(
                 self.device,
@@ -248,8 +329,18 @@ async def _bounded(cm: Any, timeout: float) -> AsyncIterator[Any]:
     """Enter ``cm`` within ``timeout`` seconds (TimeoutError otherwise); leave it normally."""
     import anyio
 
-    with anyio.fail_after(timeout):
-        value = await cm.__aenter__()
+    scope = anyio.CancelScope(deadline=anyio.current_time() + timeout)
+    try:
+        with scope:
+            value = await cm.__aenter__()
+    except anyio.get_cancelled_exc_class():
+        # grpc.aio re-raises the cancellation of a pending call as its own CancelledError, which
+        # the scope then does not take for its own: past our deadline, it is our timeout.
+        if scope.cancel_called and anyio.current_time() >= scope.deadline:
+            raise TimeoutError from None
+        raise
+    if scope.cancelled_caught:
+        raise TimeoutError
     try:
         yield value
     except BaseException as exc:

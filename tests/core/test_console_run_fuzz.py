@@ -27,11 +27,11 @@ class ScriptedBoard:
     def write(self, data: bytes) -> None:
         if data == b"\x03":  # the interrupt after a timeout: the shell is idle already
             return
-        sync = re.search(rb"\\036S(\w+)\\036", data)
+        sync = re.search(rb"\\0?36S(\w+)\\0?36", data)
         if sync:  # the marker that proves the prompt idle again (after an interrupt)
             self.pending += b"\x1eS" + sync.group(1) + b"\x1e\r\n"
             return
-        token = re.search(rb"\\036B(\w+)\\036", data)
+        token = re.search(rb"\\0?36B(\w+)\\0?36", data)
         assert token, data
         self.pending += self.reply(token.group(1).decode())  # type: ignore[operator]
 

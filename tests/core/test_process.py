@@ -54,6 +54,19 @@ def test_stop_is_bounded_for_a_child_that_ignores_sigterm_and_takes_its_group_al
         child.close()
 
 
+def test_a_stopped_child_ends_by_the_sigterm_it_was_sent_not_by_sigkill() -> None:
+    child = Child(["sleep", "30"], device="d")
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        assert wait_for(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        )
+        # Stopped, it would keep SIGTERM pending for the whole grace and end only by SIGKILL.
+        assert child.stop(grace=60.0, kill_grace=5.0) == -signal.SIGTERM
+    finally:
+        child.close()
+
+
 def _group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,31 @@ def test_the_sweep_removes_folders_of_dead_owners_and_keeps_the_living(tmp_path:
     (other / OWNER_FILE).write_text(json.dumps({**record, "pid": _dead_pid()}))
     assert sorted(sweep(tmp_path)) == sorted([dead, rebooted])
     assert mine.is_dir() and unowned.is_dir() and other.is_dir()
+
+
+def test_a_killed_owner_not_yet_reaped_is_dead(tmp_path: Path) -> None:
+    # An xdist worker killed with -9 stays a zombie until its parent reaps it; the replacement worker
+    # sweeps at its start, before that: a zombie runs nothing and holds no file, so its folders go.
+    owner = subprocess.Popen(["sleep", "30"])
+    try:
+        folder = owned_tempdir("jsq-", tmp_path)
+        record = json.loads((folder / OWNER_FILE).read_text())
+        start = Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        (folder / OWNER_FILE).write_text(json.dumps({**record, "pid": owner.pid, "start": start}))
+        assert sweep(tmp_path) == []  # alive: kept
+        os.kill(owner.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _state(owner.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)  # the kernel delivers SIGKILL asynchronously
+        assert _state(owner.pid) == "Z"
+        assert sweep(tmp_path) == [folder]
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def test_a_sigkilled_run_leaves_work_folders_that_the_next_run_sweeps(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,7 @@ def pytest_jumpstarter_device_ready(device, item):
     process = getattr(device, "process", None)
     entry = {
         "pid": os.getpid(),
+        "test": item.nodeid if item is not None else None,
         "qemu_pid": process.pid if process is not None else None,
         "workdir": str(device.ctx.workdir),
         "workroot": str(device.ctx.workdir.parent),
@@ -77,6 +81,31 @@ class Inner:
         self.output += rest or b""
         return self.proc.returncode
 
+    def wait_for_file(self, name: str, timeout: float = 120.0) -> Path:
+        """Wait for a file the inner test makes in its folder (xdist workers' prints do not reach us)."""
+        path = self.path / name
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert self.proc.poll() is None, f"the inner run ended early:\n{self.text}"
+            assert time.monotonic() < deadline, f"the inner run never made {name}:\n{self.text}"
+            self._drain(0.05)  # polls the file meanwhile: nothing else tells us it appeared
+        return path
+
+    def wait_for_file_glob(self, pattern: str, timeout: float = 120.0) -> Path:
+        """The first file matching ``pattern`` the inner test makes in its folder."""
+        deadline = time.monotonic() + timeout
+        while not (found := sorted(self.path.glob(pattern))):
+            assert self.proc.poll() is None, f"the inner run ended early:\n{self.text}"
+            assert time.monotonic() < deadline, f"the inner run never made {pattern}:\n{self.text}"
+            self._drain(0.05)  # polls the folder meanwhile: nothing else tells us
+        return found[0]
+
+    def _drain(self, wait: float) -> None:
+        """Read what the inner run printed within ``wait`` seconds (its pipe must not fill up)."""
+        assert self.proc.stdout is not None
+        if select.select([self.proc.stdout], [], [], wait)[0]:
+            self.output += os.read(self.proc.stdout.fileno(), 65536)
+
     @property
     def text(self) -> str:
         return self.output.decode(errors="replace")
@@ -91,7 +120,8 @@ class Inner:
         return int(pids[-1])  # type: ignore[call-overload]
 
 
-def start_inner(path: Path, *args: str) -> Inner:
+def start_inner(path: Path, *args: str, capture: bool = False) -> Inner:
+    """Start the inner run; ``capture`` keeps pytest's output capture (default off: markers print at once)."""
     (path / "conftest.py").write_text(RECORDER)
     tmp = path / "tmp"
     tmp.mkdir(exist_ok=True)
@@ -102,7 +132,7 @@ def start_inner(path: Path, *args: str) -> Inner:
             sys.executable,
             "-m",
             "pytest",
-            "-s",
+            *([] if capture else ["-s"]),
             "-p",
             "no:cacheprovider",
             "-p",
@@ -142,13 +172,13 @@ def leftovers(inner: Inner, settle: float = 10.0) -> list[str]:
                 if Path(str(entry[key])).exists():
                     left.append(f"folder {entry[key]}")
         left += [f"temp {p}" for p in sorted((inner.path / "tmp").iterdir())]
-        left += [f"session process {pid}" for pid in _session(inner.proc.pid)]
+        left += [f"session process {pid}" for pid in session_processes(inner.proc.pid)]
         if not left or time.monotonic() >= deadline:
             return sorted(set(left))
         time.sleep(0.2)  # polling the process table: nothing else tells us when a child is reaped
 
 
-def _session(sid: int) -> list[int]:
+def session_processes(sid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -164,6 +194,7 @@ def _session(sid: int) -> list[int]:
 def record(fault: str, seen: str, left: list[str], seconds: float, exit_code: int | str) -> None:
     """One row of RELIABILITY.md."""
     RECORDS.mkdir(parents=True, exist_ok=True)
+    seen, left = _scrub(seen), [_scrub(item) for item in left]
     name = "".join(c if c.isalnum() else "-" for c in fault.lower()).strip("-")
     (RECORDS / f"{name}.json").write_text(
         json.dumps(
@@ -173,8 +204,29 @@ def record(fault: str, seen: str, left: list[str], seconds: float, exit_code: in
     )
 
 
-def first_line_with(text: str, *needles: str) -> str:
-    for line in text.splitlines():
+def _scrub(text: str) -> str:
+    """No session-local paths in RELIABILITY.md: the inner run's folder becomes RUN."""
+    return re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s]+", "RUN", text)
+
+
+def first_line_with(text: str, *needles: str, following: int = 0) -> str:
+    """The first line holding every needle, joined with the ``following`` lines (an error's reason)."""
+    lines = text.splitlines()
+    for at, line in enumerate(lines):
         if all(n in line for n in needles):
-            return line.strip()
+            more = [re.sub(r"^E\s+", "", extra).strip() for extra in lines[at + 1 : at + 1 + following]]
+            return " ".join([line.strip(), *more])
     return ""
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs at ``path`` (root only) for the length of the block: a folder that fills up."""
+    path.mkdir(exist_ok=True)
+    options = f"size={size},mode=0755" + (",ro" if read_only else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "fault-tmpfs", str(path)], check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True, timeout=30)
+        path.rmdir()

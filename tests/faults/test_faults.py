@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -94,6 +95,7 @@ def test_a_stopped_qemu_is_a_timeout_that_says_the_process_is_stopped(tmp_path: 
     assert "ConsoleTimeout" in inner.text and "is stopped by a signal (process state T" in inner.text, (
         inner.text
     )
+    assert "(not interrupted: the device cannot run, see below)" in inner.text, inner.text
     assert "1 failed, 1 passed" in inner.text, inner.text
     assert not left, left
 
@@ -119,4 +121,48 @@ def test_a_sigkilled_run_is_swept_by_the_next_run(tmp_path: Path, images: Images
         time.monotonic() - sent,
         code,
     )
+    assert not left, left
+
+
+def test_qemu_dying_at_start_is_reported_with_its_exit_status_and_stderr(
+    tmp_path: Path, images: Images
+) -> None:
+    _setup(tmp_path, images, RUN_TEST, extra_args="[-no-such-option]")
+    inner = start_inner(tmp_path, "--target=board.yaml", "-rA")
+    sent = time.monotonic()
+    code = inner.finish()
+    left = leftovers(inner)
+    seen = first_line_with(inner.text, "DeviceExited", "exited with code 1")
+    record("QEMU dies at start", seen, left, time.monotonic() - sent, code)
+    assert re.search(r"DeviceExited: .* exited with code 1 \(QEMU pid \d+\) while starting", inner.text), (
+        inner.text
+    )
+    assert "invalid option" in inner.text, inner.text  # QEMU's own complaint, from its stderr
+    assert "2 errors" in inner.text, inner.text  # each test's board is tried again, and says so at once
+    assert not left, left
+
+
+PANIC_TEST = """
+def test_panics(qemu_vm):
+    print("IN-TEST", flush=True)
+    qemu_vm.console.run("echo c > /proc/sysrq-trigger", timeout=60)
+
+def test_after(qemu_vm):
+    assert qemu_vm.console.run("echo back").output.endswith("back")
+"""
+
+
+def test_a_guest_panic_fails_the_test_at_once_with_the_panic_and_the_next_test_runs(
+    tmp_path: Path, images: Images
+) -> None:
+    _setup(tmp_path, images, PANIC_TEST)
+    inner = start_inner(tmp_path, "--target=board.yaml", "-rA")
+    inner.wait_for(b"IN-TEST")
+    sent = time.monotonic()
+    code = inner.finish()
+    left = leftovers(inner)
+    seen = first_line_with(inner.text, "BoardPanic", "Kernel panic")
+    record("the guest panics", seen, left, time.monotonic() - sent, code)
+    assert "BoardPanic" in inner.text and "Kernel panic - not syncing" in inner.text, inner.text
+    assert "1 failed, 1 passed" in inner.text, inner.text
     assert not left, left

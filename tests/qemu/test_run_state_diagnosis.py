@@ -11,6 +11,8 @@ from pytest_jumpstarter_qemu.diagnosis import diagnose, process_state
 from pytest_jumpstarter_qemu.qmp import Events
 from pytest_jumpstarter_qemu.snapshot import savevm_hint
 
+from pytest_jumpstarter.errors import Halted
+
 
 def test_a_stopped_process_is_named_as_stopped_without_asking_qmp() -> None:
     proc = subprocess.Popen(["sleep", "30"])
@@ -22,6 +24,7 @@ def test_a_stopped_process_is_named_as_stopped_without_asking_qmp() -> None:
             time.sleep(0.01)
         found = diagnose(proc.pid, None, Events())
         assert found is not None and f"pid {proc.pid}) is stopped by a signal (process state T" in found
+        assert isinstance(found, Halted)  # a timed-out command on it is not interrupted in vain
     finally:
         proc.kill()
         proc.wait()
@@ -30,7 +33,8 @@ def test_a_stopped_process_is_named_as_stopped_without_asking_qmp() -> None:
 def test_a_gone_process_is_named_as_exited() -> None:
     proc = subprocess.Popen(["true"])
     proc.wait()
-    assert diagnose(proc.pid, None, Events()) == f"QEMU (pid {proc.pid}) has exited"
+    found = diagnose(proc.pid, None, Events())
+    assert found == f"QEMU (pid {proc.pid}) has exited" and isinstance(found, Halted)
 
 
 def test_savevm_hint_blames_a_full_disk_not_qcow2() -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,9 +72,35 @@ def test_a_lease_is_granted_used_and_released(pytester, lab):
             board.console.sendline("hello lab")
             board.console.expect("hello lab")
     """)
-    pytester.runpytest("--target=lab.yaml", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    result = pytester.runpytest("--target=lab.yaml", "-p", "no:cacheprovider", "--junitxml=out.xml")
+    result.assert_outcomes(passed=1)
     assert [e.split()[0] for e in ctl.log if e.startswith(("granted", "ended"))] == ["granted", "ended"]
     assert ctl.log[-1].endswith("Released")
+    # The test's JUnit properties name the lease, the exporter it was on and the controller.
+    (case,) = ET.parse(pytester.path / "out.xml").iter("testcase")
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    (granted,) = [e.split()[1] for e in ctl.log if e.startswith("granted")]
+    assert props["jumpstarter_board_lease"] == granted, props
+    assert props["jumpstarter_board_exporter"] == "bench-1", props
+    assert props["jumpstarter_board_controller"] == ctl.address, props
+    assert props["jumpstarter_board_selector"] == "board=mock", props
+
+
+def test_listing_names_the_matching_exporters_and_takes_no_lease(pytester, lab):
+    ctl, _, _ = lab
+    target(pytester, ctl)
+    pytester.makepyfile("def test_x(target):\n    pass\n")
+    result = pytester.runpytest("--target=lab.yaml", "--jumpstarter-list", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            f"*lease: none taken by a listing (selector board=mock, controller {ctl.address})",
+            "*exporters matching (1 of 1):",
+            "*  bench-1 {'board': 'mock'} online",
+            "*driver tree: served only under a lease, not read",
+        ]
+    )
+    assert not [e for e in ctl.log if e.startswith("granted")], ctl.log
 
 
 def test_a_selector_nothing_matches_fails_at_once(pytester, lab):

@@ -91,3 +91,32 @@ def test_listing_shows_the_source_and_imports_nothing_heavy(pytester, source, sh
     result = pytester.runpytest_subprocess("--target=lab.yaml", "--jumpstarter-list", "-s", "-p", "no:anyio")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*board: driver jumpstarter, role board*", shown, "*HEAVY IMPORTS: none*"])
+
+
+def test_listing_shows_an_exporter_configs_declared_tree_without_running_it(pytester):
+    pytester.makefile(
+        ".yaml",
+        **{
+            "local-exporter": "apiVersion: jumpstarter.dev/v1alpha1\nkind: ExporterConfig\n"
+            "metadata: {namespace: default, name: local}\nendpoint: null\nexport:\n"
+            "  qemu: {type: jumpstarter_driver_qemu.driver.Qemu, config: {arch: x86_64}}\n"
+            "  bench:\n    type: jumpstarter_driver_composite.driver.Composite\n"
+            "    children: {relay: {type: jumpstarter_driver_power.driver.MockPower}}\n",
+            "lab": "name: lab\ndevices:\n  board:\n    driver: jumpstarter\n"
+            "    exporter_config: local-exporter.yaml\n    console: qemu.console\n    power: bench.relay\n"
+            "    flasher: other.flasher\n",
+        },
+    )
+    pytester.makepyfile("def test_x(target):\n    pass\n")
+    result = pytester.runpytest_subprocess("--target=lab.yaml", "--jumpstarter-list")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*exporter config local-exporter.yaml: driver tree as declared (not run by a listing;*",
+            "*  bench (Composite)",
+            "*    bench.relay (MockPower)  <- power",
+            "*  qemu (Qemu)",
+            "*console: 'qemu.console' is not declared (a child Qemu may add when it runs)",
+            "*flasher: 'other.flasher' is NOT in this tree",
+        ]
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -105,6 +106,41 @@ def test_flash_is_verified_and_the_board_boots_what_was_flashed(pytester, demo_e
     result.assert_outcomes(passed=1)
 
 
+def test_junit_names_the_exporter_and_never_the_passphrase(pytester, monkeypatch):
+    """A passphrase-protected exporter (a MockPower: nothing boots): the JUnit properties say where the
+    board was served from, and the passphrase, listed in secrets:, appears nowhere in the XML."""
+    pytest.importorskip("jumpstarter_cli", reason="needs the [jumpstarter] extra")
+    from exporter_support import free_port, private_dir, running_exporter
+
+    secret = "s3cret-pass-4711"
+    workdir = private_dir("pytest-jumpstarter-pass-")
+    export = {"power": {"type": "jumpstarter_driver_power.driver.MockPower"}}
+    try:
+        listen = f"127.0.0.1:{free_port()}"
+        with running_exporter("locked", export, workdir, listen=listen, passphrase=secret):
+            monkeypatch.setenv("EXPORTER_PASS", secret)
+            pytester.makefile(
+                ".yaml",
+                board="name: remote\nsecrets: [EXPORTER_PASS]\ndevices:\n  board:\n    driver: jumpstarter\n"
+                f"    exporter: {listen}\n    insecure: true\n    passphrase: ${{EXPORTER_PASS}}\n"
+                "    power: power\n",
+            )
+            pytester.makepyfile(
+                "def test_on(target):\n    target.device('board').on()\n"
+                "def test_fails(target):\n    target.device('board')\n    assert False\n"
+            )
+            result = pytester.runpytest("--target=board.yaml", "-p", "no:cacheprovider", "--junitxml=out.xml")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result.assert_outcomes(passed=1, failed=1)
+    xml = (pytester.path / "out.xml").read_text()
+    assert secret not in xml
+    for case in ET.fromstring(xml).iter("testcase"):
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert props["jumpstarter_board_exporter"] == listen, props
+        assert props["jumpstarter_device_board"] == "jumpstarter", props
+
+
 def test_a_path_the_exporter_lacks_names_device_path_and_what_exists(pytester, demo_exporter):
     pytester.makefile(".yaml", board=board_yaml(demo_exporter.listen).replace("qemu.power", "qemu.pwr"))
     pytester.makepyfile("def test_x(target):\n    target.device('board')\n")
@@ -136,7 +172,24 @@ def test_an_unreachable_exporter_fails_within_seconds_naming_the_address(pyteste
     assert elapsed < 30, f"took {elapsed:.1f}s"
 
 
-def test_listing_touches_no_exporter_and_imports_no_client_stack(pytester):
+def test_an_exporter_that_accepts_but_never_answers_fails_naming_the_address(pytester):
+    pytest.importorskip("jumpstarter")
+    import socket
+
+    with socket.socket() as silent:  # the kernel accepts connections; nothing ever answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        pytester.makefile(".yaml", board=board_yaml(address, connect_timeout="2s"))
+        pytester.makepyfile("def test_x(target):\n    target.device('board')\n")
+        result = pytester.runpytest(
+            "--target=board.yaml", "-p", "no:cacheprovider", f"--jumpstarter-lock-dir={pytester.path}"
+        )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*exporter at {address} did not answer within 2s*"])
+
+
+def test_listing_says_an_exporter_is_unreachable_and_imports_no_client_stack(pytester):
     pytester.makefile(".yaml", board=board_yaml("127.0.0.1:1"))
     pytester.makepyfile(
         conftest="""
@@ -149,8 +202,38 @@ def test_listing_touches_no_exporter_and_imports_no_client_stack(pytester):
     result = pytester.runpytest_subprocess("--target=board.yaml", "--jumpstarter-list", "-s")
     assert result.ret == 0
     result.stdout.fnmatch_lines(
-        ["*board: driver jumpstarter, role board*", "*exporter = '127.0.0.1:1'*", "*no client stack*"]
+        [
+            "*board: driver jumpstarter, role board*",
+            "*exporter = '127.0.0.1:1'*",
+            "*exporter 127.0.0.1:1: not reachable, driver tree not read (cannot reach the exporter at 127.0.0.1:1*",
+            "*no client stack*",
+        ]
     )
+
+
+def test_listing_shows_the_exporters_driver_tree_and_powers_nothing(pytester, demo_exporter):
+    def qemus() -> list[int]:
+        return [
+            p for p in demo_exporter.leftovers() if b"qemu-system" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+
+    assert not qemus(), "the demo board runs before the listing: this test proves nothing"
+    pytester.makefile(".yaml", board=board_yaml(demo_exporter.listen).replace("qemu.flasher", "qemu.flash"))
+    pytester.makepyfile("def test_x(target):\n    pass\n")
+    result = pytester.runpytest("--target=board.yaml", "--jumpstarter-list", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            f"*exporter {demo_exporter.listen}: driver tree (read from the exporter; nothing powered):",
+            "*  qemu (QemuClient)",
+            "*    qemu.console (PySerialClient)  <- console",
+            "*    qemu.echo (NetworkClient)  <- network.echo",
+            "*    qemu.power (PowerClient)  <- power",
+            "*flasher: 'qemu.flash' is NOT in this tree",
+            "*tests that run here (1):",
+        ]
+    )
+    assert not qemus(), "the listing powered the board on"
 
 
 @pytest.mark.parametrize(
