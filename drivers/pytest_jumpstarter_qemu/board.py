@@ -277,15 +277,14 @@ class QemuBoard(Driver[QemuSettings]):
             self.console.expect(self.ready_pattern, timeout=timeout)
 
     def _wait_ready(self, context: str, timeout: float | None = None) -> None:
-        console = self.console
         timeout = self.config.boot_timeout if timeout is None else timeout
         with self.ctx.activity("booting"):  # a line whose elapsed time ticks (a test's reset() too)
             if self.shell_kind == "uboot" and not self.config.ready:
                 self.uboot.interrupt(timeout)
             else:
-                console.expect(self.ready_pattern, timeout=timeout)
+                self.console.expect(self.ready_pattern, timeout=timeout)
                 if self.config.shell_settings.login is not None and self.shell_kind == "linux":
-                    console.shell.login()
+                    self.console.shell.login()
         self._restarts.expected(self.events, self._console)  # a boot's RESETs (SeaBIOS's) are its own
         self.ctx.progress(f"{self.device_name}: ready {context}")
 
