@@ -20,14 +20,11 @@ pytest.importorskip(
 )
 sys.path.insert(0, str(Path(__file__).parents[1] / "remote"))
 
-from controller import Controller
-from exporter_support import Exporter, exporter_config, free_port, private_dir, running_exporter
+from controller import MOCK_EXPORT, running_lab
+from exporter_support import free_port, private_dir, running_exporter
 
 #: The cheapest exporter with a power and a console: no QEMU on the exporter side.
-EXPORT = {
-    "power": {"type": "jumpstarter_driver_power.driver.MockPower"},
-    "serial": {"type": "jumpstarter_driver_pyserial.driver.PySerial", "config": {"url": "loop://"}},
-}
+EXPORT = MOCK_EXPORT
 
 WAITING_TEST = """
 import os
@@ -72,16 +69,7 @@ def test_an_exporter_that_disappears_mid_test_is_reported_as_gone(tmp_path: Path
 
 
 def test_a_controller_that_disappears_mid_test_is_reported_as_lost(tmp_path: Path) -> None:
-    folder = private_dir("pytest-jumpstarter-lab-")
-    ctl = Controller(folder).start()
-    exporter = Exporter(
-        exporter_config("bench-1", EXPORT, **ctl.exporter_endpoint("bench-1", {"board": "mock"})), folder
-    )
-    try:
-        exporter.start()
-        deadline = time.monotonic() + 30
-        while not ctl.exporters["bench-1"].online and time.monotonic() < deadline:
-            time.sleep(0.05)  # waiting for the exporter's Register
+    with running_lab() as (ctl, exporter, _):
         client = ctl.client_config(tmp_path / "client.yaml", "alice")
         (tmp_path / "lab.yaml").write_text(
             "name: lab\ndevices:\n  board:\n    driver: jumpstarter\n    scope: module\n"
@@ -96,11 +84,7 @@ def test_a_controller_that_disappears_mid_test_is_reported_as_lost(tmp_path: Pat
         code = inner.finish()
         took = time.monotonic() - sent
         left = leftovers(inner)
-    finally:
-        exporter.stop()
-        ctl.stop()
-        left_exporter = exporter.leftovers()
-        shutil.rmtree(folder, ignore_errors=True)
+    left_exporter = exporter.leftovers()
     left += [f"exporter process {p}" for p in left_exporter]
     seen = first_line_with(inner.text, "ControllerLost")
     record("the controller disappears mid-test", seen, left, took, code)

@@ -18,10 +18,11 @@ import contextlib
 import datetime as dt
 import json
 import secrets
+import shutil
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -545,3 +546,34 @@ class _Router(router_pb2_grpc.RouterServiceServicer):  # type: ignore[misc]
         if pair["finished"] == 2:
             pair["done"].set()
         await pair["done"].wait()
+
+
+#: What the lease tests' exporter serves: MockPower and a ``loop://`` serial console (no QEMU).
+MOCK_EXPORT = {
+    "power": {"type": "jumpstarter_driver_power.driver.MockPower"},
+    "serial": {"type": "jumpstarter_driver_pyserial.driver.PySerial", "config": {"url": "loop://"}},
+}
+
+
+@contextlib.contextmanager
+def running_lab() -> Iterator[tuple[Controller, Any, Path]]:
+    """A stand-in controller with one exporter, ``bench-1`` ({board: mock}), registered with it.
+
+    Both are stopped afterwards; the caller checks ``exporter.leftovers()``."""
+    from exporter_support import Exporter, exporter_config, private_dir
+
+    folder = private_dir("pytest-jumpstarter-lab-")
+    ctl = Controller(folder).start()
+    exporter = Exporter(
+        exporter_config("bench-1", MOCK_EXPORT, **ctl.exporter_endpoint("bench-1", {"board": "mock"})), folder
+    )
+    try:
+        exporter.start()
+        deadline = time.monotonic() + 30
+        while not ctl.exporters["bench-1"].online and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the exporter's Register
+        yield ctl, exporter, folder
+    finally:
+        exporter.stop()
+        ctl.stop()
+        shutil.rmtree(folder, ignore_errors=True)

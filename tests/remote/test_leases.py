@@ -16,33 +16,17 @@ import pytest
 
 pytest.importorskip("jumpstarter_cli", reason="needs the [jumpstarter] extra")
 
-from controller import Controller
+from controller import MOCK_EXPORT, Controller, running_lab
 from exporter_support import Exporter, exporter_config, free_port, give_to_exporter_user, private_dir
 
-EXPORT = {
-    "power": {"type": "jumpstarter_driver_power.driver.MockPower"},
-    "serial": {"type": "jumpstarter_driver_pyserial.driver.PySerial", "config": {"url": "loop://"}},
-}
+EXPORT = MOCK_EXPORT
 
 
 @pytest.fixture
 def lab() -> Iterator[tuple[Controller, Exporter, Path]]:
-    folder = private_dir("pytest-jumpstarter-lab-")
-    ctl = Controller(folder).start()
-    exporter = Exporter(
-        exporter_config("bench-1", EXPORT, **ctl.exporter_endpoint("bench-1", {"board": "mock"})), folder
-    )
-    try:
-        exporter.start()
-        deadline = time.monotonic() + 30
-        while not ctl.exporters["bench-1"].online and time.monotonic() < deadline:
-            time.sleep(0.05)  # waiting for the exporter's Register
+    with running_lab() as (ctl, exporter, folder):
         yield ctl, exporter, folder
-    finally:
-        exporter.stop()
-        ctl.stop()
-        assert not exporter.leftovers()
-        shutil.rmtree(folder, ignore_errors=True)
+    assert not exporter.leftovers()
 
 
 def target(pytester: pytest.Pytester, ctl: Controller, selector: str = "{board: mock}", **extra: str) -> None:
