@@ -10,6 +10,7 @@ touched.  Also here: checking at start that the log and lock folders are usable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -123,3 +124,18 @@ def check_run_folders(logdir: Path | None, lock_dir: Path | None) -> None:
         check_folder(logdir, "--jumpstarter-logdir", "console logs")
     if lock_dir is not None:
         check_folder(lock_dir, "--jumpstarter-lock-dir / $JUMPSTARTER_LOCK_DIR", "leases")
+
+
+def file_sha256(path: Path, size: int | None = None) -> str:
+    """The sha256 (hex) of a file's content, or of its first ``size`` bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    left = size
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest.hexdigest()

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_jumpstarter.workfiles import file_sha256
+
 #: Bumped when what an entry holds, or how it is restored, changes: older entries then miss.
 STATE_FORMAT = 1
 DEFAULT_MAX_ENTRIES = 8
@@ -105,17 +107,9 @@ def _read_facts(store: Path) -> dict[str, list[Any]]:
     return facts if isinstance(facts, dict) else {}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_hash(path: Path, facts: FileFacts | None = None) -> str:
     """sha256 of a file's content (memoized in ``facts``, else per process)."""
-    return (facts or FileFacts(None)).get(path, "sha256", _sha256)
+    return (facts or FileFacts(None)).get(path, "sha256", file_sha256)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ result says ``verified=False``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_jumpstarter.capabilities import FlashResult
 from pytest_jumpstarter.errors import FlashError
+from pytest_jumpstarter.workfiles import file_sha256
 
 if TYPE_CHECKING:
     from .driver import JumpstarterBoard
@@ -38,20 +38,6 @@ def _raw_image(image: Any, workdir: Path) -> tuple[Path, bool]:
         for block in opened.blocks():
             out.write(block.content())
     return Path(name), True
-
-
-def _digest(path: Path, size: int | None = None) -> str:
-    h = hashlib.sha256()
-    left = size
-    with open(path, "rb") as f:
-        while left is None or left > 0:
-            chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return h.hexdigest()
 
 
 def _first_difference(a: Path, b: Path, size: int) -> int | None:
@@ -85,7 +71,7 @@ def flash(board: JumpstarterBoard, image: Any, target: str | None, verify: bool)
             raise FlashError(
                 board.device_name, f"flashing {size} bytes to {where} with {board.config.flasher}: {exc}"
             ) from exc
-        checksum = "sha256:" + _digest(raw)
+        checksum = "sha256:" + file_sha256(raw)
         if verify:
             back = board.ctx.workdir / "verify.img"
             try:
@@ -96,7 +82,7 @@ def flash(board: JumpstarterBoard, image: Any, target: str | None, verify: bool)
                         board.device_name,
                         f"verify: {where} read back {got} bytes of {size}: the flash did not land",
                     )
-                if "sha256:" + _digest(back, size) != checksum:
+                if "sha256:" + file_sha256(back, size) != checksum:
                     offset = _first_difference(raw, back, size)
                     raise FlashError(
                         board.device_name,

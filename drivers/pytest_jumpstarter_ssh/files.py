@@ -22,6 +22,7 @@ from pytest_jumpstarter.capabilities import HasConsole
 from pytest_jumpstarter.driver import DeviceContext, Driver
 from pytest_jumpstarter.errors import TransferError
 from pytest_jumpstarter.settings import setting
+from pytest_jumpstarter.workfiles import file_sha256
 
 from .channels import Channel, ConsoleChannel, HttpChannel, Shell, SshChannel, SshSession
 
@@ -103,7 +104,7 @@ class Files(Driver[FilesSettings]):
         channel = self._pick()
         start = time.monotonic()
         if source.is_dir():
-            expected = {rel: _sha256(source / rel) for rel in _tree(source)}
+            expected = {rel: file_sha256(source / rel) for rel in _tree(source)}
             tar = self.ctx.workdir / "put.tar"
             self.ctx.workdir.mkdir(parents=True, exist_ok=True)
             _pack(source, tar)
@@ -121,7 +122,7 @@ class Files(Driver[FilesSettings]):
             count = len(expected)
         else:
             size = source.stat().st_size
-            local_sum = _sha256(source)
+            local_sum = file_sha256(source)
             self._move(channel, "put", source, remote)
             self._compare_file(channel.name, source, remote, local_sum, self._board_sha256(remote))
             digest, count = local_sum, 1
@@ -150,7 +151,7 @@ class Files(Driver[FilesSettings]):
             with tarfile.open(tar) as archive:
                 archive.extractall(target, filter="data")
             tar.unlink()
-            found = {rel: _sha256(target / rel) for rel in _tree(target) if rel in expected}
+            found = {rel: file_sha256(target / rel) for rel in _tree(target) if rel in expected}
             self._compare(channel.name, target, remote, expected, found, direction="get")
             size = sum((target / rel).stat().st_size for rel in expected)
             digest, count = _tree_digest(expected), len(expected)
@@ -158,7 +159,7 @@ class Files(Driver[FilesSettings]):
             board_sum = self._board_sha256(remote)
             target.parent.mkdir(parents=True, exist_ok=True)
             self._move(channel, "get", target, remote)
-            self._compare_file(channel.name, target, remote, _sha256(target), board_sum, direction="get")
+            self._compare_file(channel.name, target, remote, file_sha256(target), board_sum, direction="get")
             size, digest, count = target.stat().st_size, board_sum, 1
         else:
             raise TransferError(self.device_name, f"get: {remote} is not a file or folder on the board")
@@ -265,14 +266,6 @@ class Files(Driver[FilesSettings]):
                     f"{direction} of folder {local} {'to' if direction == 'put' else 'from'} {remote} over"
                     f" {channel}: {rel} arrived corrupted: sha256 here {here}, on the board {board}",
                 )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tree(root: Path) -> list[str]:
