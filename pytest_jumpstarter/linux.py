@@ -4,29 +4,48 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
 from .errors import DriverError
 from .shell import RunResult, Shell, clean
 from .timeouts import cap
 from .waiting import Deadline
 
+if TYPE_CHECKING:
+    from .console import Console
+    from .shell_settings import ShellSettings
+
 #: A login prompt where a shell prompt was expected: the shell exited, or the board rebooted.
 LOGIN_INSTEAD = r"\n[^\r\n]{0,60}login: ?$"
 #: ash's (and bash's) message for a line it cannot parse; it then runs none of the line.
 SYNTAX_ERROR = r"\n[^\r\n]{0,40}sh: (?:line \d+: )?syntax error[^\r\n]{0,200}"
+#: The marker functions, defined once per shell (see :meth:`LinuxShell._begin`).  ``$?`` in ``_jE``
+#: is still the status of the command before the call: nothing has run inside the function yet.
+HELPERS = "_jB(){ printf '\\36B%s\\36\\n' $1;};_jE(){ printf '\\36E%s:%d\\36\\n' $1 $?;}"
+#: What a shell says when it has no ``_jB``: ash and dash ``sh: _jB: not found``, bash
+#: ``bash: _jB: command not found``, zsh ``command not found: _jB``.
+MISSING = r"_jB: (?:command )?not found|not found: _jB"
+#: A command that names the functions goes in the long frame: its echo could read "_jB: not found".
+_OURS = re.compile(r"_j[BE]")
 
 
 class LinuxShell(Shell):
     """Runs commands on a Linux shell (BusyBox ash included) and finds their output by markers.
 
     ash sends ``ESC[6n`` before each prompt and re-wraps long echoed command lines, so neither the
-    prompt nor the echo can be matched reliably.  The command is bracketed by ``printf`` calls whose
-    output contains a byte (0x1e) that the echo shows only as the three characters ``\\36``.  The
-    command runs inside ``{ ...\\n}``, so comments, pipes and a missing final newline are its own
-    business; a syntax error comes back at once as status 2 with the shell's message.
+    prompt nor the echo can be matched reliably.  The command is bracketed by ``printf`` calls (in two
+    shell functions defined once per shell) whose output contains a byte (0x1e) that the echo shows
+    only as the three characters ``\\36``.  The command runs inside ``{ ...\\n}``, so comments, pipes
+    and a missing final newline are its own business; a syntax error comes back at once as status 2
+    with the shell's message.
     """
 
     default_prompt = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"
+
+    def __init__(self, console: Console, settings: ShellSettings | None = None) -> None:
+        super().__init__(console, settings)
+        #: This shell cannot define the marker functions: every command goes in the long frame.
+        self.long_frame = False
 
     def run(self, command: str, timeout: float | None = None) -> RunResult:
         """Run ``command``; its output and exit status.  On a timeout the command is interrupted and
@@ -42,21 +61,13 @@ class LinuxShell(Shell):
         deadline = Deadline(seconds, f"the end of command {command!r}")
         # Two bounded patterns rather than one spanning the output: a long output is then searched
         # in a window (see expecter._WindowedExpecter), not re-searched whole after every read.
-        begin = re.compile(f"\x1eB{token}\x1e\r?\n")
         end = re.compile(f"\x1eE{token}:(-?\\d+)\x1e")
-        # The command sits inside `{ ...\n}` on lines of its own, so a comment cannot hide the end
-        # marker; ash reads the whole compound before running any of it, so a command that reads
-        # stdin cannot eat the marker line.  A syntax error makes ash drop the whole input: its message
-        # then comes instead of the begin marker.
-        # Every character of the line is echoed back through the board's UART (about 0.1 ms each on
-        # a remote console), so the frame is as short as it can be: a short token, ``\36`` (printf
-        # takes 1-3 octal digits), no spaces that the shell does not need.
-        body = command if command.strip() else ":"
-        line = f"printf '\\36B{token}\\36\\n';{{ {body}\n}};printf '\\36E{token}:%d\\36\\n' $?"
         with console.watched(), self._resync_on_timeout(f"the end of command {command!r}", seconds) as start:
-            console.sendline(line)
-            if console.expect([begin, SYNTAX_ERROR], timeout=deadline.remaining()) == 1:
+            if not self._begin(command, token, deadline):
                 message = clean(console.after).strip()
+                # The shell dropped the first line and then parses the `}` line on its own: its second
+                # complaint (and the prompt) is read here, or the next command would take it for its own.
+                self.sync(max(0.1, deadline.remaining(self.settings.resync_timeout)))
                 return RunResult(command, message, 2, time.monotonic() - start)
             if console.expect([end, LOGIN_INSTEAD], timeout=deadline.remaining()) == 1:
                 raise DriverError(
@@ -68,6 +79,46 @@ class LinuxShell(Shell):
         output = output[:-1] if output.endswith("\n") else output
         console.settled = True
         return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)
+
+    def _begin(self, command: str, token: str, deadline: Deadline) -> bool:
+        """Send ``command`` framed by its markers and wait for the begin marker; False when the shell
+        rejected the line (a syntax error, whose message is then ``console.after``).
+
+        The command sits inside ``{ ...\n}`` on lines of its own, so a comment cannot hide the end
+        marker; ash reads the whole compound before running any of it, so a command that reads
+        stdin cannot eat the marker line.  A syntax error makes ash drop the whole input: its message
+        then comes instead of the begin marker.  Every character of the line is echoed back through
+        the board's UART (about 0.1 ms each on a remote console), so the markers come from two shell
+        functions (:data:`HELPERS`) where the shell has them: ``_jB T&&{ CMD\n};_jE T``.  A shell
+        without them (a new one: a reboot, ``su``, ``sh``) says so and, through ``&&``, runs nothing
+        of the line; the functions are then defined and the command sent again.
+        """
+        console = self.console
+        begin = re.compile(f"\x1eB{token}\x1e\r?\n")
+        body = command if command.strip() else ":"
+        defined = False
+        while True:
+            if self.long_frame or _OURS.search(command):
+                console.sendline(
+                    f"printf '\\36B{token}\\36\\n';{{ {body}\n}};printf '\\36E{token}:%d\\36\\n' $?"
+                )
+                return bool(console.expect([begin, SYNTAX_ERROR], timeout=deadline.remaining()) == 0)
+            console.sendline(f"_jB {token}&&{{ {body}\n}};_jE {token}")
+            index = console.expect([begin, SYNTAX_ERROR, MISSING], timeout=deadline.remaining())
+            if index < 2:
+                return bool(index == 0)
+            # No functions, so nothing of the line ran.  Define them once; if that does not take,
+            # this shell cannot have them (not a POSIX shell): the long frame from now on.
+            self.long_frame = defined or not self._define_helpers(deadline)
+            defined = True
+
+    def _define_helpers(self, deadline: Deadline) -> bool:
+        """Define the marker functions; whether the shell took them.  Its marker also consumes what
+        the shell printed about the line that found none (the second "not found", the prompt)."""
+        token = self._short_token()
+        self.console.sendline(f"{HELPERS};printf '\\36S{token}\\36\\n'")
+        synced = f"\x1eS{token}\x1e\r?\n"
+        return bool(self.console.expect([synced, SYNTAX_ERROR], timeout=deadline.remaining()) == 0)
 
     def sync(self, timeout: float = 5.0) -> None:
         token = self._short_token()

@@ -31,7 +31,8 @@ class ScriptedBoard:
         if sync:  # the marker that proves the prompt idle again (after an interrupt)
             self.pending += b"\x1eS" + sync.group(1) + b"\x1e\r\n"
             return
-        token = re.search(rb"\\0?36B(\w+)\\0?36", data)
+        # The short frame (``_jB T&&{ ...``: the shell has the marker functions) or the long one.
+        token = re.search(rb"^_jB (\w+)&&", data) or re.search(rb"\\0?36B(\w+)\\0?36", data)
         assert token, data
         self.pending += self.reply(token.group(1).decode())  # type: ignore[operator]
 
