@@ -29,7 +29,7 @@ class Shell:
             else:
                 self.pending += b"\r\nsh: syntax error: unexpected (\r\n# "
             return
-        short = re.match(r"_jB (\w+)&&\{ (.*)\n\};_jE \1", line, re.S)
+        short = re.match(r"_jB (\w+)&&\{ (.*)(?:\n|;)\};_jE \1", line, re.S)
         long = re.match(r"printf '\\36B(\w+)\\36\\n';\{ (.*)\n\};printf", line, re.S)
         if short and not self.has_functions:
             self.pending += b"\r\nsh: _jB: not found\r\nsh: _jE: not found\r\n# "

@@ -44,19 +44,20 @@ def definitions(board: QemuBoard, monkeypatch: pytest.MonkeyPatch) -> Definition
 
 
 def test_the_functions_are_defined_once_and_each_command_sends_the_short_line(
-    board: QemuBoard, definitions: Definitions
+    board: QemuBoard, definitions: Definitions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     board.console.run("true").check()
     assert definitions.count <= 1  # once, unless the board's start defined them already
-    seen = len(board.console.boot_log)
+    sent: list[str] = []
+    sendline = board.console.sendline
+    monkeypatch.setattr(board.console, "sendline", lambda line: (sent.append(line), sendline(line))[1])
     for n in range(5):
         assert board.console.run(f"echo n{n}; false").output == f"n{n}"
     assert board.console.run("false").status == 1
     assert board.console.run("exit_with() { return $1; }; exit_with 7").status == 7
     assert definitions.count <= 1
-    # The echo of what was sent: the short frame, not printf's.
-    sent = board.console.boot_log[seen:]
-    assert sent.count("_jB ") == 7 and "printf" not in sent
+    # One short line each: no printf frame, no second line.
+    assert len(sent) == 7 and all(line.startswith("_jB ") and "\n" not in line for line in sent), sent
 
 
 def test_a_nested_shell_gets_the_functions_and_the_command_runs_once(
@@ -103,3 +104,23 @@ def test_a_command_that_prints_the_missing_message_is_not_mistaken_for_it(board:
     result = board.console.run("echo 'sh: _jB: not found'; echo 'bash: _jB: command not found'")
     assert result.output == "sh: _jB: not found\nbash: _jB: command not found"
     assert board.console.run("printf '%s\\n' 'not found'").output == "not found"
+
+
+@pytest.mark.parametrize(
+    ("command", "output", "status"),
+    [
+        ("echo a # a comment; false", "a", 0),  # the comment would hide a `}` on its line
+        ("false; echo b;", "b", 0),
+        ("sleep 0.05 &", "", 0),
+        ("echo c |\ncat", "c", 0),
+        ("cat <<EOF\nd\nEOF", "d", 0),
+        ("echo '#' && echo f; (exit 3)", "#\nf", 3),
+        ("test 1 = 2", "", 1),
+    ],
+)
+def test_comments_background_jobs_pipes_and_here_documents_come_back_whole(
+    board: QemuBoard, command: str, output: str, status: int
+) -> None:
+    result = board.console.run(command)
+    assert (result.output, result.status) == (output, status)
+    assert board.console.run("echo next").output == "next"
