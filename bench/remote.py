@@ -1,6 +1,6 @@
 """Our ``driver: jumpstarter`` against Jumpstarter's own client code, on one exporter, in one invocation.
 
-    /work/tools/heavy .venv/bin/python bench/remote.py [--rounds 3] [--flash-size 64M]
+    .venv/bin/python bench/remote.py [--rounds 3] [--flash-size BYTES] [--flash-rounds 2] [--only LIST]
 
 A standalone exporter (``jmp run`` as nobody, jumpstarter-driver-qemu under TCG, the demo board) is
 started once.  Each round runs the same steps twice, ours then theirs or theirs then ours (the order
@@ -16,7 +16,11 @@ alternates), each on a fresh connection:
 - port-forward round trip (64 bytes to the guest's echo) and throughput (4 MiB echoed), ours
   ``board.tcp("echo")`` vs ``TcpPortforwardAdapter(client=qemu.echo)``;
 - flash, verified: ours ``board.flash(image)`` (write, dump, compare) vs ``flasher.flash`` +
-  ``flasher.dump`` + a sha256 comparison, last (it overwrites the boot disk).
+  ``flasher.dump`` + a sha256 comparison, last (it overwrites the boot disk); ``--flash-rounds`` rounds.
+
+``--only`` limits a run to some figures (``connect``, ``power``, ``echo``, ``marker``, ``console``,
+``forward``, ``flash``, ``overhead``); the console and forward figures boot the board, so they time
+power-on too.
 
 Then the plugin's per-test overhead on a kept remote board (pytest runs of 1 and 201 trivial tests
 that use the board, minus the same without a device), against one gRPC round trip (``MockPower.on``).
@@ -318,26 +322,39 @@ def timed(func: Callable[[], Any]) -> float:
     return time.perf_counter() - began
 
 
-def run_round(side: Ours | Theirs, figures: dict[str, dict[str, list[float]]]) -> None:
+#: The figures a run can be limited to with --only (default: all of them).
+FIGURES = ("connect", "power", "echo", "marker", "console", "forward", "flash", "overhead")
+#: Figures that need the board booted first (power-on is then timed too).
+BOOTED = ("power", "echo", "marker", "console", "forward")
+
+
+def run_round(side: Ours | Theirs, figures: dict[str, dict[str, list[float]]], only: set[str]) -> None:
     mine = figures[side.name]
     try:
         # A connect is a few ms on a shared machine: the median of CONNECTS per round, not one sample.
         samples = []
-        for _ in range(CONNECTS - 1):
+        for _ in range(CONNECTS - 1 if "connect" in only else 0):
             side.connect()
             samples.append(side.connect_time)
             side.close()
         side.connect()
         samples.append(side.connect_time)
-        mine.setdefault("connect_s", []).append(statistics.median(samples))
+        if "connect" in only:
+            mine.setdefault("connect_s", []).append(statistics.median(samples))
+        if not only & set(BOOTED):
+            return
         mine.setdefault("power_on_to_prompt_s", []).append(timed(side.power_on))
-        mine.setdefault("console_echo_ms", []).append(median_ms(side.echo(40)))
-        mine.setdefault("marker_command_ms", []).append(median_ms(side.marker(30)))
-        mine.setdefault("console_kib_per_s", []).append(side.throughput())
-        addr = side.forward()
-        with socket.create_connection(addr, timeout=30) as sock:
-            mine.setdefault("forward_round_trip_ms", []).append(median_ms(echo_round_trips(sock, 200)))
-        mine.setdefault("forward_mib_per_s", []).append(echo_throughput(addr, PF_SIZE))
+        if "echo" in only:
+            mine.setdefault("console_echo_ms", []).append(median_ms(side.echo(40)))
+        if "marker" in only:
+            mine.setdefault("marker_command_ms", []).append(median_ms(side.marker(30)))
+        if "console" in only:
+            mine.setdefault("console_kib_per_s", []).append(side.throughput())
+        if "forward" in only:
+            addr = side.forward()
+            with socket.create_connection(addr, timeout=30) as sock:
+                mine.setdefault("forward_round_trip_ms", []).append(median_ms(echo_round_trips(sock, 200)))
+            mine.setdefault("forward_mib_per_s", []).append(echo_throughput(addr, PF_SIZE))
     finally:
         side.close()
 
@@ -418,8 +435,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flash-size", type=int, default=64 << 20)
+    parser.add_argument("--flash-rounds", type=int, default=2)
     parser.add_argument("--tests", type=int, default=200, help="trivial tests for the per-test overhead")
+    parser.add_argument(
+        "--only",
+        default=",".join(FIGURES),
+        help=f"comma-separated figures to measure, of {','.join(FIGURES)} (default: all)",
+    )
     args = parser.parse_args()
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if only - set(FIGURES):
+        parser.error(f"--only: unknown figures {sorted(only - set(FIGURES))}; known: {','.join(FIGURES)}")
     if not BOOTDISK.exists():
         sys.exit(f"needs {BOOTDISK}: run scripts/build-images")
     # Both sides pay the client stack's import (about 1 s) before any timing, not inside "connect".
@@ -436,23 +462,24 @@ def main() -> None:
                 # Untimed: the first connection of a process pays one-off set-up (gRPC, lazy imports).
                 side.connect()
                 side.close()
-            for r in range(args.rounds):
+            for r in range(args.rounds if only - {"flash", "overhead"} else 0):
                 sides = [Ours(address, workdir), Theirs(address, workdir)]
                 for side in sides if r % 2 == 0 else reversed(sides):
-                    run_round(side, figures)
+                    run_round(side, figures, only)
                     extra = (
                         f" (console reads: count, median bytes {side.reads})"
-                        if isinstance(side, Ours)
+                        if isinstance(side, Ours) and side.reads
                         else ""
                     )
                     print(f"  round {r + 1} {side.name}: done{extra}", flush=True)
-            grpc_rt = grpc_round_trip(address)
-            with_board, plain = per_test_overhead(address, workdir, args.tests)
-            overhead = with_board - plain
+            if "overhead" in only:
+                grpc_rt = grpc_round_trip(address)
+                with_board, plain = per_test_overhead(address, workdir, args.tests)
             image = workdir / "flash.img"
-            image.write_bytes(os.urandom(args.flash_size))
-            give_to_exporter_user(image)
-            for r in range(2):
+            if "flash" in only:
+                image.write_bytes(os.urandom(args.flash_size))
+                give_to_exporter_user(image)
+            for r in range(args.flash_rounds if "flash" in only else 0):
                 sides = [Ours(address, workdir), Theirs(address, workdir)]
                 for side in sides if r % 2 == 0 else reversed(sides):
                     try:
@@ -477,10 +504,12 @@ def main() -> None:
         worst.append((ratio, key))
         spread = " ".join(f"{r:.2f}" for r in rounds) + f" (min {min(rounds):.2f}, max {max(rounds):.2f})"
         print(f"{key:<24}{ours:>12.4f}{theirs:>12.4f}{ratio:>14.2f}   {spread}")
-    print(f"\ngRPC round trip (MockPower.on, theirs): {grpc_rt * 1000:.2f} ms")
-    print(f"one test, kept remote board: {with_board * 1000:.2f} ms; no device: {plain * 1000:.2f} ms")
-    print(f"per-test overhead, kept remote board:   {overhead * 1000:.2f} ms "
-          f"({overhead / grpc_rt:.2f} gRPC round trips)")  # fmt: skip
+    if "overhead" in only:
+        overhead = with_board - plain
+        print(f"\ngRPC round trip (MockPower.on, theirs): {grpc_rt * 1000:.2f} ms")
+        print(f"one test, kept remote board: {with_board * 1000:.2f} ms; no device: {plain * 1000:.2f} ms")
+        print(f"per-test overhead, kept remote board:   {overhead * 1000:.2f} ms "
+              f"({overhead / grpc_rt:.2f} gRPC round trips)")  # fmt: skip
     print(f"worst ratio: {max(worst)[0]:.2f} ({max(worst)[1]})")
 
 
