@@ -107,7 +107,7 @@ class ControllerLease:
             raise DriverError(self.device, f"client: {self.client_path} has no endpoint")
         probe_tcp(self.device, config.endpoint, 5.0, what="controller")
         self.endpoint = config.endpoint
-        channel = session.call(
+        channel = session.open_channel(
             config.channel, timeout=10.0, what=f"connecting to the controller {config.endpoint}"
         )
         self._svc = ClientService(channel=channel, namespace=config.metadata.namespace)

@@ -126,7 +126,9 @@ def _controller(device: str, settings: Any) -> list[str]:
         return [head, f"controller not reachable ({_plain(device, exc)})", note]
     session = Session(device)
     try:
-        channel = session.call(config.channel, timeout=LIST_TIMEOUT, what="connecting to the controller")
+        channel = session.open_channel(
+            config.channel, timeout=LIST_TIMEOUT, what="connecting to the controller"
+        )
         service = ClientService(channel=channel, namespace=config.metadata.namespace)
 
         async def exporters() -> Any:

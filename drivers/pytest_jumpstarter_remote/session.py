@@ -1,14 +1,20 @@
-"""One connection to a Jumpstarter exporter: an event-loop thread, the exporter's driver tree, streams.
+"""One connection to a Jumpstarter exporter: the exporter's driver tree and streams, on the run's loop.
 
 Everything of the Jumpstarter client stack is imported here, when a ``jumpstarter`` device starts:
 it costs about a second and 77 MB, and a run without such a device must not pay for it.
 
-The client library is asynchronous (anyio); a :class:`Session` runs it in one
-``BlockingPortal`` thread and exposes blocking calls, each bounded by a deadline.
+The client library is asynchronous (anyio over grpc.aio); a :class:`Session` runs it through a
+``BlockingPortal`` on the run's one event loop (:data:`pytest_jumpstarter.aioloop.SHARED`) and
+exposes blocking calls, each bounded by a deadline.  One loop for every session, not a loop thread
+per session: a new loop and thread cost every connect about 0.2 ms, and grpc.aio binds its
+completion poller to each loop that ever made a channel, for good: events of a call that were still
+in flight when its session's loop closed went to a closed loop (``RuntimeError: Event loop is
+closed``, printed by whichever loop took them).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import socket
 import threading
@@ -16,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
+from pytest_jumpstarter.aioloop import SHARED
 from pytest_jumpstarter.errors import DriverError
 
 
@@ -194,15 +201,42 @@ class StreamTransport:
         self._end("closed")
 
 
+_portal: tuple[Any, Any] | None = None  # (the loop, its BlockingPortal)
+_portal_lock = threading.Lock()
+
+
+def shared_portal(timeout: float = 10.0) -> Any:
+    """The ``BlockingPortal`` on :data:`~pytest_jumpstarter.aioloop.SHARED`'s loop, made on first use
+    (again if that loop was replaced); it runs for as long as the loop does."""
+    global _portal
+    with _portal_lock:
+        loop = SHARED.loop
+        if _portal is None or _portal[0] is not loop:
+            ready: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+            async def serve() -> None:
+                from anyio.from_thread import BlockingPortal
+
+                async with BlockingPortal() as portal:
+                    ready.set_result(portal)
+                    await portal.sleep_until_stopped()
+
+            served = SHARED.submit(serve())
+            concurrent.futures.wait([ready, served], timeout, concurrent.futures.FIRST_COMPLETED)
+            if not ready.done():
+                served.cancel()
+                raise RuntimeError(f"no event loop portal within {timeout:g}s: {served}")
+            _portal = (loop, ready.result())
+        return _portal[1]
+
+
 class Session:
-    """The event-loop thread and the exporter's root driver client, for one device."""
+    """The exporter's root driver client for one device, and what it opened on the shared loop."""
 
     def __init__(self, device: str) -> None:
-        from anyio.from_thread import start_blocking_portal
-
         self.device = device
+        self.portal = shared_portal()
         self._stack = ExitStack()
-        self.portal = self._stack.enter_context(start_blocking_portal())
         self._clients = self._stack.enter_context(ExitStack())
         self.root: Any = None
         self.paths: dict[str, Any] = {}
@@ -277,6 +311,16 @@ class Session:
 
         self._enter(client_from_path(path, self.portal, self._clients, allow=[], unsafe=True), timeout, what)
 
+    def open_channel(self, make: Callable[[], Any], timeout: float, what: str) -> Any:
+        """``await make()`` (a controller's grpc.aio channel) on the loop; closed at :meth:`close`."""
+        channel = self.call(make, timeout=timeout, what=what)
+        self._stack.callback(self._close_channel, channel)
+        return channel
+
+    def _close_channel(self, channel: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.call(channel.close, timeout=5.0, what="closing a channel")
+
     def enter_async(self, cm: Any) -> Any:
         """Enter an async context manager on the loop, left at :meth:`close`.
 
@@ -318,6 +362,8 @@ class Session:
         return client
 
     def close(self) -> None:
+        """Leave the exporter's client (its channel) first, then what was opened through it; the loop
+        runs on for the other sessions."""
         try:
             self._clients.close()
         finally:
