@@ -208,15 +208,17 @@ _portal_lock = threading.Lock()
 def shared_portal(timeout: float = 10.0) -> Any:
     """The ``BlockingPortal`` on :data:`~pytest_jumpstarter.aioloop.SHARED`'s loop, made on first use
     (again if that loop was replaced); it runs for as long as the loop does."""
+    from anyio.from_thread import BlockingPortal
+
     global _portal
     with _portal_lock:
         loop = SHARED.loop
-        if _portal is None or _portal[0] is not loop:
+        # Also anew when anyio was imported again since (pytester's in-process runs unload the
+        # modules a run imported): the client's models refuse a portal of the old class.
+        if _portal is None or _portal[0] is not loop or type(_portal[1]) is not BlockingPortal:
             ready: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
             async def serve() -> None:
-                from anyio.from_thread import BlockingPortal
-
                 async with BlockingPortal() as portal:
                     ready.set_result(portal)
                     await portal.sleep_until_stopped()

@@ -81,3 +81,18 @@ def test_a_replaced_loop_gets_a_portal_of_its_own(monkeypatch):
         assert after is not before and after.call(lambda: 43) == 43
     finally:
         loop_thread.stop()
+
+
+def test_a_portal_of_an_anyio_imported_before_is_not_reused(monkeypatch):
+    """pytester's in-process runs unload what a run imported: the next run's client models take only
+    a portal of the anyio classes imported now."""
+    from anyio.from_thread import BlockingPortal
+
+    from pytest_jumpstarter.aioloop import SHARED
+
+    class OldBlockingPortal:  # what a portal of a former anyio import looks like to the current one
+        pass
+
+    monkeypatch.setattr(session_module, "_portal", (SHARED.loop, OldBlockingPortal()))
+    portal = shared_portal()
+    assert type(portal) is BlockingPortal and portal.call(lambda: 44) == 44
