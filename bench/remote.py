@@ -6,9 +6,10 @@ A standalone exporter (``jmp run`` as nobody, jumpstarter-driver-qemu under TCG,
 started once.  Each round runs the same steps twice, ours then theirs or theirs then ours (the order
 alternates), each on a fresh connection:
 
-- connect: ours ``JumpstarterBoard.start()`` (event loop, connect, tree, path checks; its settings and
-  folder are made untimed, as the plugin makes them at load and setup); theirs
-  ``start_blocking_portal`` + ``client_from_path``; the median of 9 connects per round;
+- connect: ours ``JumpstarterBoard.start()`` (connect on the run's event loop, tree, path checks; its
+  settings and folder are made untimed, as the plugin makes them at load and setup; the run's loop
+  and portal are made by the untimed first connect); theirs ``start_blocking_portal`` +
+  ``client_from_path``; the median of 9 connects per round;
 - power-on to prompt: ``board.on()`` vs ``power.on()`` + ``console.pexpect()`` + ``expect(prompt)``;
 - console echo round trip (one character) and marker-command round trip (``console.run``) vs
   the same through the pexpect ``fdspawn`` (``sendline`` + ``expect`` of a marker and the prompt);
