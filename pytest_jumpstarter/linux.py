@@ -25,6 +25,11 @@ HELPERS = "_jB(){ printf '\\36B%s\\36\\n' $1;};_jE(){ printf '\\36E%s:%d\\36\\n'
 #: What a shell says when it has no ``_jB``: ash and dash ``sh: _jB: not found``, bash
 #: ``bash: _jB: command not found``, zsh ``command not found: _jB``.
 MISSING = r"_jB: (?:command )?not found|not found: _jB"
+#: A command's begin and end markers, whoever's token they carry: compiled once, not per command (a
+#: third of run()'s CPU time was compiling and measuring two new patterns), and bounded, so a long
+#: output is searched in a window (see expecter._WindowedExpecter).
+BEGIN = re.compile(r"\x1eB(\w{1,32})\x1e\r?\n")
+END = re.compile(r"\x1eE(\w{1,32}):(-?\d{1,10})\x1e")
 #: A command that names the functions goes in the long frame: its echo could read "_jB: not found".
 _OURS = re.compile(r"_j[BE]")
 #: What makes a command need its closing `}` on a line of its own: a comment (it would hide the `}`),
@@ -62,9 +67,6 @@ class LinuxShell(Shell):
         token = self._short_token()
         seconds = cap(console.timeout if timeout is None else timeout) or 0.0  # within pytest-timeout's
         deadline = Deadline(seconds, f"the end of command {command!r}")
-        # Two bounded patterns rather than one spanning the output: a long output is then searched
-        # in a window (see expecter._WindowedExpecter), not re-searched whole after every read.
-        end = re.compile(f"\x1eE{token}:(-?\\d+)\x1e")
         with console.watched(), self._resync_on_timeout(f"the end of command {command!r}", seconds) as start:
             if not self._begin(command, token, deadline):
                 message = clean(console.after).strip()
@@ -72,16 +74,17 @@ class LinuxShell(Shell):
                 # complaint (and the prompt) is read here, or the next command would take it for its own.
                 self.sync(max(0.1, deadline.remaining(self.settings.resync_timeout)))
                 return RunResult(command, message, 2, time.monotonic() - start)
-            if console.expect([end, LOGIN_INSTEAD], timeout=deadline.remaining()) == 1:
+            index, before = self._until([END, LOGIN_INSTEAD], token, deadline)
+            if index == 1:
                 raise DriverError(
                     console.device,
                     f"a login prompt came instead of the end of {command!r} (the shell exited or the board"
                     f" rebooted)\nlast console lines:\n{console.tail()}",
                 )
-        output = clean(console.before)
+        output = clean(before)
         output = output[:-1] if output.endswith("\n") else output
         console.settled = True
-        return RunResult(command, output, int(console.match.group(1)), time.monotonic() - start)
+        return RunResult(command, output, int(console.match.group(2)), time.monotonic() - start)
 
     def _begin(self, command: str, token: str, deadline: Deadline) -> bool:
         """Send ``command`` framed by its markers and wait for the begin marker; False when the shell
@@ -97,7 +100,6 @@ class LinuxShell(Shell):
         ``&&``, runs nothing of the line; the functions are then defined and the command sent again.
         """
         console = self.console
-        begin = re.compile(f"\x1eB{token}\x1e\r?\n")
         body = command if command.strip() else ":"
         defined = False
         while True:
@@ -105,18 +107,31 @@ class LinuxShell(Shell):
                 console.sendline(
                     f"printf '\\36B{token}\\36\\n';{{ {body}\n}};printf '\\36E{token}:%d\\36\\n' $?"
                 )
-                return bool(console.expect([begin, SYNTAX_ERROR], timeout=deadline.remaining()) == 0)
+                return self._until([BEGIN, SYNTAX_ERROR], token, deadline)[0] == 0
             # One line where nothing in the command needs the `}` on a line of its own: a second line
             # costs the shell a continuation prompt, a round trip (0.5 ms of 23 on a remote board).
             close = "\n}" if _OWN_LINE.search(body) else ";}"
             console.sendline(f"_jB {token}&&{{ {body}{close};_jE {token}")
-            index = console.expect([begin, SYNTAX_ERROR, MISSING], timeout=deadline.remaining())
+            index = self._until([BEGIN, SYNTAX_ERROR, MISSING], token, deadline)[0]
             if index < 2:
                 return bool(index == 0)
             # No functions, so nothing of the line ran.  Define them once; if that does not take,
             # this shell cannot have them (not a POSIX shell): the long frame from now on.
             self.long_frame = defined or not self._define_helpers(deadline)
             defined = True
+
+    def _until(
+        self, patterns: list[re.Pattern[str] | str], token: str, deadline: Deadline
+    ) -> tuple[int, str]:
+        """``expect(patterns)`` until the first (a marker) matches with ``token``: a marker of an earlier
+        command is text like any other.  The index that matched and the text before the match."""
+        console = self.console
+        skipped = ""
+        while True:
+            index: int = console.expect(patterns, timeout=deadline.remaining())
+            if index != 0 or console.match.group(1) == token:
+                return index, skipped + console.before
+            skipped += console.before + console.after
 
     def _define_helpers(self, deadline: Deadline) -> bool:
         """Define the marker functions; whether the shell took them.  Its marker also consumes what

@@ -79,3 +79,34 @@ def test_a_command_that_names_the_functions_goes_in_the_long_frame() -> None:
     console = Console(shell, device="dut", timeout=2.0)
     assert console.run("echo _jB: not found").output == "_jB: not found"
     assert kinds(shell.lines) == ["long"]
+
+
+class Replay:
+    """A Transport that answers each command line with ``reply(token)``."""
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+        self.pending = b""
+
+    def write(self, data: bytes) -> None:
+        token = re.match(rb"_jB (\w+)&&", data)
+        assert token, data
+        self.pending += self.reply(token.group(1).decode())  # type: ignore[operator]
+
+    def read(self, size: int, timeout: float | None) -> bytes:
+        chunk, self.pending = self.pending[:size], self.pending[size:]
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_markers_of_an_earlier_command_are_text_not_this_commands_markers() -> None:
+    def reply(token: str) -> bytes:
+        return (
+            f"\x1eBold1\x1e\r\nlate output\r\n\x1eEold1:5\x1e\r\n"  # a command that timed out earlier
+            f"\x1eB{token}\x1e\r\nmine\r\n\x1eEold2:7\x1e\r\nmore\r\n\x1eE{token}:3\x1e\r\n# "
+        ).encode()
+
+    result = Console(Replay(reply), device="dut", timeout=2.0).run("anything")
+    assert (result.output, result.status) == ("mine\n\x1eEold2:7\x1e\nmore", 3)
