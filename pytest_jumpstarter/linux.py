@@ -64,6 +64,12 @@ class LinuxShell(Shell):
                 console.device,
                 f"command of {len(command)} characters: the shell takes at most {self.line_limit}",
             )
+        if (len(command) - len(command.rstrip("\\"))) % 2:  # an odd run: the last one escapes the newline
+            raise DriverError(
+                console.device,
+                f"command {command!r} ends with a backslash: the shell would join the next line to it "
+                "and wait for more (escape it as \\\\ or drop it)",
+            )
         token = self._short_token()
         seconds = cap(console.timeout if timeout is None else timeout) or 0.0  # within pytest-timeout's
         deadline = Deadline(seconds, f"the end of command {command!r}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from pytest_jumpstarter import Console
+from pytest_jumpstarter.errors import DriverError
 
 
 class Shell:
@@ -110,3 +113,14 @@ def test_markers_of_an_earlier_command_are_text_not_this_commands_markers() -> N
 
     result = Console(Replay(reply), device="dut", timeout=2.0).run("anything")
     assert (result.output, result.status) == ("mine\n\x1eEold2:7\x1e\nmore", 3)
+
+
+def test_a_command_ending_in_a_backslash_is_refused_before_anything_is_sent() -> None:
+    shell = Shell(has_functions=True, can_define=True)
+    console = Console(shell, device="dut", timeout=2.0)
+    with pytest.raises(DriverError, match=r"device 'dut': command 'echo a \\\\' ends with a backslash"):
+        console.run("echo a \\")
+    assert shell.lines == []
+    # An escaped backslash, and an escaped space, are the command's own business.
+    assert console.run("echo a \\\\").output == "a \\\\"
+    assert console.run("echo a \\ ").output == "a \\ "
