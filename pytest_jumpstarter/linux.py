@@ -43,9 +43,9 @@ class LinuxShell(Shell):
     ash sends ``ESC[6n`` before each prompt and re-wraps long echoed command lines, so neither the
     prompt nor the echo can be matched reliably.  The command is bracketed by ``printf`` calls (in two
     shell functions defined once per shell) whose output contains a byte (0x1e) that the echo shows
-    only as the three characters ``\\36``.  The command runs inside ``{ ...\\n}``, so comments, pipes
-    and a missing final newline are its own business; a syntax error comes back at once as status 2
-    with the shell's message.
+    only as the three characters ``\\36``.  The command runs inside ``{ ...;}`` (``{ ...\\n}`` where it
+    needs its own line), so comments, pipes and a missing final newline are its own business; a
+    syntax error comes back at once as status 2 with the shell's message.
     """
 
     default_prompt = r"(?:^|\n)[^\r\n]{0,80}[#$] (?:\x1b\[6n)?"
@@ -76,8 +76,9 @@ class LinuxShell(Shell):
         with console.watched(), self._resync_on_timeout(f"the end of command {command!r}", seconds) as start:
             if not self._begin(command, token, deadline):
                 message = clean(console.after).strip()
-                # The shell dropped the first line and then parses the `}` line on its own: its second
-                # complaint (and the prompt) is read here, or the next command would take it for its own.
+                # Where the `}` had a line of its own, the shell drops the first line, then parses the
+                # `}` line alone: that second complaint (and the prompt) is read here, or the next
+                # command would take it for its own syntax error.
                 self.sync(max(0.1, deadline.remaining(self.settings.resync_timeout)))
                 return RunResult(command, message, 2, time.monotonic() - start)
             index, before = self._until([END, LOGIN_INSTEAD], token, deadline)
