@@ -23,7 +23,7 @@ from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 from pytest_jumpstarter.aioloop import SHARED
-from pytest_jumpstarter.errors import DriverError
+from pytest_jumpstarter.errors import DriverError, JumpstarterError
 
 
 class ExporterUnreachable(DriverError):
@@ -227,7 +227,10 @@ def shared_portal(timeout: float = 10.0) -> Any:
             concurrent.futures.wait([ready, served], timeout, concurrent.futures.FIRST_COMPLETED)
             if not ready.done():
                 served.cancel()
-                raise RuntimeError(f"no event loop portal within {timeout:g}s: {served}")
+                raise JumpstarterError(
+                    f"the run's event loop ({SHARED.name}) did not start a portal for Jumpstarter's client"
+                    f" within {timeout:g}s: {served}"
+                )
             _portal = (loop, ready.result())
         return _portal[1]
 
